@@ -1,0 +1,79 @@
+"""Augmentation presets (albumentations) and the frame geometry shared by training and inference.
+
+Geometry, everywhere: a frame is scaled, aspect kept, to fit the model's ``height x width`` (the scale
+the model learned), padded at the bottom/right (to exactly ``height x width`` for batches, or to a
+multiple of 32 for single frames of any size), and predictions are cropped back and resized to the
+original frame.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from .config import Config
+from .errors import PolypsegError
+
+AUGMENT_PRESETS = ("default", "light", "none")
+
+
+def _fit(cfg: Config) -> A.LongestMaxSize:
+    return A.LongestMaxSize(max_size_hw=(cfg.height, cfg.width), area_for_downscale="image")
+
+
+def _pad_to_size(cfg: Config) -> A.PadIfNeeded:
+    return A.PadIfNeeded(
+        min_height=cfg.height, min_width=cfg.width, position="top_left",
+        border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0,
+    )
+
+
+def _normalize(cfg: Config) -> A.Normalize:
+    return A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0)
+
+
+def train_transform(cfg: Config) -> A.Compose:
+    """The train preset named by ``cfg.augment``: image and mask transformed together."""
+    if cfg.augment not in AUGMENT_PRESETS:
+        raise PolypsegError(f"Unknown augmentation preset '{cfg.augment}'. Valid: {', '.join(AUGMENT_PRESETS)}.")
+    if cfg.augment == "none":
+        return eval_transform(cfg)
+    ops: list = [_fit(cfg), A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+    if cfg.augment == "default":
+        # Colonoscopy frames have no canonical orientation and vary in zoom, light and focus.
+        ops += [
+            A.Affine(
+                scale=(0.75, 1.25), translate_percent=(-0.1, 0.1), rotate=(-30, 30),
+                border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7,
+            ),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.7),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.2),
+        ]
+    ops += [_pad_to_size(cfg), _normalize(cfg)]
+    return A.Compose(ops)
+
+
+def eval_transform(cfg: Config) -> A.Compose:
+    """Fit to the model's size, pad to exactly ``height x width``, normalise."""
+    return A.Compose([_fit(cfg), _pad_to_size(cfg), _normalize(cfg)])
+
+
+def to_input(image: np.ndarray, cfg: Config) -> tuple[np.ndarray, tuple[int, int]]:
+    """One RGB uint8 frame of any size -> (normalised float32 CHW array padded to /32, fitted (h, w))."""
+    fitted = _fit(cfg)(image=image)["image"]
+    h, w = fitted.shape[:2]
+    x = (fitted.astype(np.float32) / 255.0 - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    ph, pw = -h % 32, -w % 32
+    if ph or pw:
+        x = np.pad(x, ((0, ph), (0, pw), (0, 0)))
+    return np.ascontiguousarray(x.transpose(2, 0, 1)), (h, w)
+
+
+def from_output(prob: np.ndarray, fitted_hw: tuple[int, int], original_hw: tuple[int, int]) -> np.ndarray:
+    """A probability map (H x W, padded) -> cropped to the fitted frame and resized to the original."""
+    h, w = fitted_hw
+    prob = prob[:h, :w]
+    if (h, w) != tuple(original_hw):
+        prob = cv2.resize(prob, (original_hw[1], original_hw[0]), interpolation=cv2.INTER_LINEAR)
+    return prob
