@@ -15,8 +15,6 @@ from typing import Any
 from .errors import PolypsegError
 
 DEFAULT_DATA = "../shared/data/cvc-clinicdb"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -30,8 +28,8 @@ class Config:
     # input: the network sees frames scaled to fit height x width (aspect kept, padded to /32)
     height: int = 288
     width: int = 384
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float] | None = None  # None: what the encoder's weights were trained with
+    std: tuple[float, float, float] | None = None
     threshold: float = 0.5
     # data
     data: str = DEFAULT_DATA
@@ -59,6 +57,22 @@ class Config:
     channels_last: bool = True
     limit_batches: int | None = None  # tests and smoke runs: batches per epoch
 
+    def __post_init__(self) -> None:
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0 or value % 32:
+                raise PolypsegError(
+                    f"{name} must be a positive multiple of 32 (smp encoders downsample by 32), got {value!r}."
+                )
+        if self.mean is None or self.std is None:
+            from .weights import normalization
+
+            mean, std = normalization(self.encoder, self.encoder_weights)
+            self.mean = self.mean if self.mean is not None else mean
+            self.std = self.std if self.std is not None else std
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -70,10 +84,7 @@ class Config:
             raise PolypsegError(
                 f"Unknown configuration keys {unknown}. Valid keys: {sorted(known)}."
             )
-        cfg = cls(**values)
-        cfg.mean = tuple(cfg.mean)
-        cfg.std = tuple(cfg.std)
-        return cfg
+        return cls(**values)
 
     def replace(self, **changes: Any) -> "Config":
         return Config.from_dict({**self.to_dict(), **changes})
@@ -110,8 +121,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         encoder_weights="imagenet",
         height=224,
         width=288,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
         split_strategy="sequence",
         epochs=20,
         batch_size=8,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import Config
 from .errors import PolypsegError
+from .files import atomic_write, atomic_write_text
 
 CHECKPOINT_FORMAT = "polypseg-checkpoint/1"
 
@@ -76,18 +75,6 @@ def build_model(cfg: Config, load_weights: bool = True) -> torch.nn.Module:
     return model
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     model: torch.nn.Module,
     cfg: Config,
@@ -112,10 +99,8 @@ def save_checkpoint(
         "epoch": epoch,
         "metrics": metrics or {},
     }
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": CHECKPOINT_FORMAT}))
-    _atomic_write(
-        path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
-    )
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": CHECKPOINT_FORMAT}))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     return path
 
 
@@ -143,15 +128,24 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    return json.loads(resolve_checkpoint(path).with_suffix(".json").read_text())
+    """The checkpoint's JSON (format, config, epoch, metrics)."""
+    meta_path = resolve_checkpoint(path).with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PolypsegError(
+            f"'{meta_path}' is damaged ({err}); the model cannot be rebuilt from it. Use another checkpoint "
+            "(a run folder keeps best and last) or save this one again."
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise PolypsegError(f"'{meta_path}' is not a polypseg checkpoint description (format {CHECKPOINT_FORMAT}).")
+    return meta
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
     """Rebuild the model a checkpoint describes and load its weights; returns ``(model.eval(), config)``."""
     weights = resolve_checkpoint(path)
-    meta = json.loads(weights.with_suffix(".json").read_text())
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise PolypsegError(f"'{weights}' is not a polypseg checkpoint (format {meta.get('format')!r}).")
+    meta = read_checkpoint_meta(weights)
     cfg = Config.from_dict(meta["config"])
     model = build_model(cfg, load_weights=False)
     state = load_file(str(weights))

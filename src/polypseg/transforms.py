@@ -8,6 +8,10 @@ original frame.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
 import albumentations as A
 import cv2
 import numpy as np
@@ -51,7 +55,9 @@ def train_transform(cfg: Config) -> A.Compose:
             A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.2),
         ]
     ops += [_pad_to_size(cfg), _normalize(cfg)]
-    return A.Compose(ops)
+    # albumentations keeps its own random state: seed it, or runs are not reproducible. Data loader
+    # workers re-seed their copy (polypseg.train.seed_worker) so that they do not repeat each other.
+    return A.Compose(ops, seed=cfg.seed)
 
 
 def eval_transform(cfg: Config) -> A.Compose:
@@ -77,3 +83,61 @@ def from_output(prob: np.ndarray, fitted_hw: tuple[int, int], original_hw: tuple
     if (h, w) != tuple(original_hw):
         prob = cv2.resize(prob, (original_hw[1], original_hw[0]), interpolation=cv2.INTER_LINEAR)
     return prob
+
+
+PREVIEW_TILE_PX = 240  # width of one sample in the preview grid
+_PREVIEW_TITLE_PX = 24  # room for the frame id above each sample
+_PREVIEW_HEADER_PX = 40  # room for the figure's title
+
+
+def preview_size(n: int, cfg: Config) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG ``preview`` writes for ``n`` samples."""
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    tile_h = round(PREVIEW_TILE_PX * cfg.height / cfg.width) + _PREVIEW_TITLE_PX
+    return cols * PREVIEW_TILE_PX, rows * tile_h + _PREVIEW_HEADER_PX
+
+
+def preview(pairs: Sequence, cfg: Config, out_path: str | Path, n: int = 16, seed: int = 0) -> Path:
+    """A PNG grid of ``n`` samples as ``train_transform(cfg)`` augments them, each mask drawn over its image.
+
+    ``pairs`` are ``polypseg.data.Pair``s; they are drawn at random (seeded), with repeats only when there
+    are fewer than ``n``. The file is written atomically.
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
+
+    from .data import load_pair
+    from .files import atomic_write
+    from .viz import overlay
+
+    if not pairs:
+        raise PolypsegError("There are no image/mask pairs to preview; check the dataset folder (`polypseg data check`).")
+    if n < 1:
+        raise PolypsegError(f"The preview needs at least one sample, got n={n}.")
+    out = Path(out_path)
+    if out.suffix.lower() != ".png":
+        raise PolypsegError(f"The preview is a PNG image; give an output path ending in .png, not '{out}'.")
+    transform = train_transform(cfg)
+    transform.set_random_seed(seed)
+    chosen = np.random.default_rng(seed).choice(len(pairs), size=n, replace=n > len(pairs))
+    mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
+
+    width, height = preview_size(n, cfg)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.005, top=1 - _PREVIEW_HEADER_PX / height,
+                        wspace=0.02, hspace=_PREVIEW_TITLE_PX / (height / rows - _PREVIEW_TITLE_PX) + 0.02)
+    for i, index in enumerate(chosen):
+        pair = pairs[index]
+        image, mask = load_pair(pair)
+        sample = transform(image=image, mask=mask)
+        shown = np.clip((sample["image"] * std + mean) * 255.0, 0, 255).round().astype(np.uint8)
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(overlay(shown, sample["mask"]))
+        ax.set_title(str(pair.id), fontsize=8, pad=2)
+        ax.set_axis_off()
+    fig.suptitle(f"augmentation preset '{cfg.augment}', {cfg.height}x{cfg.width} input, seed {seed}", fontsize=10)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    return out

@@ -1,0 +1,313 @@
+"""The `polypseg` command: parses flags and calls the library. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import textwrap
+from pathlib import Path
+from typing import get_type_hints
+
+from .config import DEFAULT_DATA, PRESETS, Config
+from .errors import PolypsegError
+
+# Help for the Config fields that `train` and `reproduce` expose as flags (--field-name).
+CONFIG_HELP = {
+    "arch": "smp architecture (deeplabv3plus, unet, unetplusplus, fpn, ...)",
+    "encoder": "smp encoder, or any timm model as tu-<name>",
+    "encoder_weights": "imagenet | none | path to a local .pth/.safetensors encoder state dict",
+    "classes": "output classes (1: binary polyp/background)",
+    "height": "model input height (multiple of 32)",
+    "width": "model input width (multiple of 32)",
+    "mean": "input normalisation mean (3 values; default from the encoder weights)",
+    "std": "input normalisation std (3 values; default from the encoder weights)",
+    "threshold": "decision threshold (default: chosen on the validation side after training)",
+    "data": f"dataset folder (default {DEFAULT_DATA})",
+    "split": "split JSON from `polypseg data split` (default: made with --split-strategy)",
+    "split_strategy": "random | sequence | kfold | pranet, when no --split is given",
+    "fold": "fold of a kfold split file",
+    "augment": "train augmentation preset: default | light | none",
+    "epochs": "training epochs",
+    "batch_size": "images per batch (per device)",
+    "lr": "peak learning rate of decoder and head",
+    "encoder_lr": "peak learning rate of the encoder",
+    "weight_decay": "AdamW weight decay",
+    "warmup_epochs": "linear warm-up epochs before cosine decay",
+    "loss": "dice+bce | dice | bce | focal | lovasz | tversky",
+    "patience": "early stopping after this many epochs without validation Dice gain (0: off)",
+    "seed": "random seed (splits, augmentation, initialisation)",
+    "accelerator": "auto | cpu | gpu",
+    "devices": "auto | N | comma list, as Lightning takes it",
+    "num_nodes": "nodes for multi-node DDP",
+    "strategy": "Lightning strategy: auto | ddp | ddp_spawn | ...",
+    "precision": "auto (16-mixed on GPU, 32 on CPU) | 32 | 16-mixed | bf16-mixed",
+    "num_workers": "data loader worker processes",
+    "channels_last": "channels_last memory format (faster convolutions)",
+    "limit_batches": "batches per epoch (smoke tests)",
+    "in_channels": "input channels",
+}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """Every Config field as --kebab-case flag, defaulting to None so presets show through."""
+    hints = get_type_hints(Config)
+    g = p.add_argument_group("recipe (override the preset)")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="named recipe; flags override its values")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        kw: dict = dict(default=None, help=CONFIG_HELP.get(f.name, ""))
+        if kind is bool:
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif f.name in ("mean", "std"):
+            g.add_argument(flag, type=float, nargs=3, metavar="X", **kw)
+        elif kind in (int, int | None):
+            g.add_argument(flag, type=int, **kw)
+        elif kind is float:
+            g.add_argument(flag, type=float, **kw)
+        else:
+            g.add_argument(flag, type=str, **kw)
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    from .config import from_preset
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
+    return from_preset(args.preset, **overrides)
+
+
+# --- handlers: each parses nothing and calls the library -------------------------------------
+
+def _data_check(args) -> int:
+    from .data import check_dataset
+
+    report = check_dataset(args.dir, allow_mixed_sizes=args.allow_mixed_sizes)
+    print(report.table())
+    return 0 if report.usable else 1
+
+
+def _data_split(args) -> int:
+    from .data import index_dataset
+    from .splits import make_split, save_split
+
+    split = make_split(
+        index_dataset(args.dir), args.strategy, train=args.train, val=args.val, test=args.test,
+        k=args.k, seed=args.seed,
+    )
+    save_split(split, args.output)
+    print(split.summary())
+    print(f"written: {args.output}")
+    return 0
+
+
+def _data_preview(args) -> int:
+    from .data import index_dataset
+    from .transforms import preview
+
+    cfg = _config_from_args(args)
+    pairs = index_dataset(args.dir).pairs
+    out = preview(pairs, cfg, args.output, n=args.n, seed=cfg.seed)
+    print(f"written: {out}")
+    return 0
+
+
+def _weights_list(args) -> int:
+    from .weights import format_weights_table
+
+    print(format_weights_table())
+    return 0
+
+
+def _train(args) -> int:
+    from .train import train
+
+    if args.resume:
+        given = [f.name for f in dataclasses.fields(Config) if getattr(args, f.name) is not None]
+        if given or args.preset or args.output:
+            raise PolypsegError(
+                "--resume continues a run with its own config.json; drop the other flags "
+                f"({', '.join(given + (['preset'] if args.preset else []) + (['output'] if args.output else []))})."
+            )
+        run = train(None, resume=args.resume)
+    else:
+        if not args.output:
+            raise PolypsegError("Say where the run goes with -o RUN_DIR (or continue one with --resume RUN_DIR).")
+        run = train(_config_from_args(args), out_dir=args.output)
+    print(f"run folder: {run}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate, format_summary_table
+
+    summary = evaluate(
+        args.run, data=args.data, split=args.split, all_pairs=args.all, out=args.output, tta=args.tta,
+        threshold=args.threshold, bootstrap=args.bootstrap, pranet_mdice=args.pranet_mdice, device=args.device,
+    )
+    print(format_summary_table(summary))
+    return 0
+
+
+def _reproduce(args) -> int:
+    from .reproduce import reproduce
+
+    reproduce(_config_from_args(args), out_dir=args.output, tta=args.tta, device=args.device)
+    return 0
+
+
+def _predict(args) -> int:
+    from .predict import predict_paths
+
+    written = predict_paths(
+        args.inputs, args.run, args.output, backend=args.backend, device=args.device,
+        save_prob=args.save_prob, tta=args.tta, threshold=args.threshold,
+    )
+    print(f"{len(written)} image(s) written to {args.output}")
+    return 0
+
+
+def _video(args) -> int:
+    from .video import run_video
+
+    stats = run_video(
+        args.source, args.run, args.output, backend=args.backend, device=args.device,
+        csv_path=args.csv, max_frames=args.max_frames, show_progress=not args.no_progress,
+    )
+    print(stats)
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_onnx
+
+    path = export_onnx(args.run, out_path=args.output, int8=args.int8, data=args.data)
+    print(f"written: {path}")
+    return 0
+
+
+def _benchmark(args) -> int:
+    from .export import benchmark
+
+    benchmark(quick=args.quick, data=args.data)
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="polypseg",
+        description="Polyp segmentation in colonoscopy images and video: train, evaluate, run in real time.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="inspect a dataset, make splits, preview augmentation")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    c = dsub.add_parser("check", help="read every pair and report what is there and what is wrong")
+    c.add_argument("dir", help="dataset folder (images/ + masks/, CVC-ClinicDB Original/ + Ground Truth/, ...)")
+    c.add_argument("--allow-mixed-sizes", action="store_true", help="accept images of different sizes")
+    c.set_defaults(func=_data_check)
+    s = dsub.add_parser("split", help="write a train/val/test split JSON")
+    s.add_argument("dir", help="dataset folder")
+    s.add_argument("--strategy", required=True, choices=["random", "sequence", "kfold", "pranet"])
+    s.add_argument("--train", type=float, help="train size: a count (>= 1) or a fraction (< 1)")
+    s.add_argument("--val", type=float, help="validation size: a count or a fraction")
+    s.add_argument("--test", type=float, help="test size: a count or a fraction")
+    s.add_argument("--k", type=int, default=5, help="folds for kfold")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", required=True, help="split JSON to write")
+    s.set_defaults(func=_data_split)
+    v = dsub.add_parser("preview", help="PNG grid of augmented training samples with their masks")
+    v.add_argument("dir", help="dataset folder")
+    v.add_argument("--n", type=int, default=16, help="samples in the grid")
+    v.add_argument("-o", "--output", required=True, help="PNG to write")
+    _add_config_flags(v)
+    v.set_defaults(func=_data_preview)
+
+    w = sub.add_parser("weights", help="encoder weights available on this machine")
+    wsub = w.add_subparsers(dest="weights_command", required=True, metavar="SUBCOMMAND")
+    wsub.add_parser("list", help="which encoders have pretrained weights here").set_defaults(func=_weights_list)
+
+    t = sub.add_parser("train", help="train a model into a run folder")
+    t.add_argument("-o", "--output", help="run folder to create")
+    t.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last epoch")
+    _add_config_flags(t)
+    t.set_defaults(func=_train)
+
+    def eval_flags(q, run_required=True):
+        q.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
+        q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+        if run_required:
+            q.add_argument("--run", required=True, help="run folder or checkpoint (.safetensors)")
+
+    e = sub.add_parser("evaluate", help="metrics, per-image results and a report for a trained run")
+    eval_flags(e)
+    e.add_argument("--data", help="dataset folder (default: the run's)")
+    grp = e.add_mutually_exclusive_group()
+    grp.add_argument("--split", help="split JSON whose test side is evaluated (default: the run's)")
+    grp.add_argument("--all", action="store_true", help="evaluate every pair of --data")
+    e.add_argument("--threshold", type=float, help="decision threshold (default: the run's, chosen on validation)")
+    e.add_argument("--pranet-mdice", action="store_true", help="also PraNet's Dice averaged over 256 thresholds")
+    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0: off)")
+    e.add_argument("-o", "--output", help="evaluation folder (default: RUN/eval-<split>)")
+    e.set_defaults(func=_evaluate)
+
+    r = sub.add_parser("reproduce", help="train a preset on a split, evaluate its test side, print the table")
+    r.add_argument("-o", "--output", required=True, help="run folder to create")
+    eval_flags(r, run_required=False)
+    _add_config_flags(r)
+    r.set_defaults(func=_reproduce)
+
+    def infer_flags(q):
+        q.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
+        q.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+        q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (torch backend)")
+
+    pr = sub.add_parser("predict", help="masks and overlays for images or folders of images")
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("-o", "--output", required=True, help="output folder")
+    infer_flags(pr)
+    pr.add_argument("--save-prob", action="store_true", help="also write the probability map")
+    pr.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
+    pr.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    pr.set_defaults(func=_predict)
+
+    vd = sub.add_parser("video", help="overlay video and per-frame CSV for a file, frame folder, camera or stream")
+    vd.add_argument("source", help="video file, folder of frames, camera index (0) or stream URL")
+    vd.add_argument("-o", "--output", required=True, help="overlay video to write (.mp4)")
+    infer_flags(vd)
+    vd.add_argument("--csv", help="per-frame CSV (default: beside the video)")
+    vd.add_argument("--max-frames", type=int, help="stop after this many frames")
+    vd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    vd.set_defaults(func=_video)
+
+    x = sub.add_parser("export", help="export a run to ONNX (dynamic height and width)")
+    x.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
+    x.add_argument("--format", default="onnx", choices=["onnx"])
+    x.add_argument("-o", "--output", help="ONNX file (default: RUN/model.onnx)")
+    x.add_argument("--int8", action="store_true", help="also int8 static quantisation, calibrated on training frames")
+    x.add_argument("--data", help="dataset folder for the check and calibration (default: the run's)")
+    x.set_defaults(func=_export)
+
+    b = sub.add_parser("benchmark", help="latency and fps: torch eager vs ONNX Runtime, and the video pipeline")
+    b.add_argument("--quick", action="store_true", help="few iterations")
+    b.add_argument("--data", default=DEFAULT_DATA, help="frames for the video pipeline clip")
+    b.set_defaults(func=_benchmark)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PolypsegError as err:
+        print("polypseg: error: " + textwrap.fill(str(err), width=100, subsequent_indent="  "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("polypseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,590 @@
+"""Image/mask folders in any known layout: finding and pairing files, sequences, checks, a torch Dataset.
+
+Layouts (folder names matched case-insensitively):
+  ``images/`` + ``masks/``                      this project's staging, Kvasir-SEG
+  ``Original/`` + ``Ground Truth/``             the CVC-ClinicDB distribution (TIFFs)
+  ``PNG/Original/`` + ``PNG/Ground Truth/``     the Kaggle mirror (also ``TIF/...``)
+The folder given may also be one level above a dataset root (e.g. a folder holding ``CVC-ClinicDB/``).
+
+Images are RGB uint8 ``H x W x 3``; masks are uint8 ``H x W`` with values {0, 1}.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .errors import PolypsegError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+# name -> (image folder, mask folder), relative to the dataset root. Order is the order of preference:
+# the Kaggle mirror ships the same frames as PNG and TIF, and PNG reads faster and without quirks.
+LAYOUTS: dict[str, tuple[str, str]] = {
+    "images+masks": ("images", "masks"),
+    "cvc-original": ("Original", "Ground Truth"),
+    "kaggle-png": ("PNG/Original", "PNG/Ground Truth"),
+    "kaggle-tif": ("TIF/Original", "TIF/Ground Truth"),
+}
+
+SEQUENCES_CSV = "sequences.csv"
+README_SOURCE = "CVC-ClinicDB README table"
+CVC_CLINICDB_FRAMES = 612
+# Last frame of each of the 29 sequences, from CVC-ClinicDB's own README.txt (sequence i = frames
+# after the previous end up to this one). Used when a copy of the dataset comes without sequences.csv.
+CVC_SEQUENCE_ENDS = (
+    25, 50, 67, 78, 103, 126, 151, 177, 199, 205, 227, 252, 277, 297, 317,
+    342, 363, 383, 408, 428, 447, 466, 478, 503, 528, 546, 571, 591, 612,
+)
+# The 62 CVC-ClinicDB frames in PraNet's TestDataset (see the data's SOURCE.md).
+PRANET_TEST_FRAMES = (
+    14, 21, 25, 31, 42, 50, 52, 61, 65, 66, 73, 80, 89, 100, 106, 119, 134, 148, 154, 163, 166, 171,
+    179, 181, 185, 191, 205, 240, 251, 266, 279, 287, 300, 307, 349, 353, 374, 381, 388, 397, 400, 404,
+    425, 429, 431, 442, 453, 459, 464, 474, 481, 483, 492, 526, 529, 545, 555, 559, 561, 569, 571, 575,
+)
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    image: Path
+    mask: Path
+    sequence: int | None
+
+
+@dataclass
+class DatasetIndex:
+    root: Path
+    layout: str
+    pairs: list[Pair]
+    unpaired_images: list[Path]
+    unpaired_masks: list[Path]
+    sequence_source: str | None
+    # id -> "train" | "test" for the classic PraNet split, where known; empty otherwise.
+    pranet: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_sequences(self) -> bool:
+        return self.sequence_source is not None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding and pairing files
+
+
+def normalize_id(stem: str) -> str:
+    """A file stem -> the frame id. Numeric stems are zero-padded to 3 digits, so that ``1.tif``,
+    ``001.png`` and the ids in sequences.csv and split files all name the same frame."""
+    return f"{int(stem):03d}" if stem.isdigit() else stem
+
+
+def id_sort_key(frame_id: str) -> tuple[int, int, str]:
+    """Numeric ids by number, then the others by name: the same order on every machine."""
+    return (0, int(frame_id), "") if frame_id.isdigit() else (1, 0, frame_id)
+
+
+def _child(folder: Path, relative: str) -> Path | None:
+    """``folder/relative`` with each part matched case-insensitively (READMEs spell them both ways)."""
+    current = folder
+    for part in Path(relative).parts:
+        if not current.is_dir():
+            return None
+        matches = [p for p in current.iterdir() if p.is_dir() and p.name.lower() == part.lower()]
+        if len(matches) != 1:
+            return None
+        current = matches[0]
+    return current
+
+
+def _layouts_in(folder: Path) -> list[str]:
+    found = [name for name, (img, msk) in LAYOUTS.items() if _child(folder, img) and _child(folder, msk)]
+    if found == ["kaggle-png", "kaggle-tif"]:
+        found = ["kaggle-png"]  # the same frames twice: take the PNG copy
+    return found
+
+
+def _expected_layouts() -> str:
+    return "; ".join(f"'{img}/' with '{msk}/'" for img, msk in LAYOUTS.values())
+
+
+def _find_layout(root: Path) -> tuple[Path, str]:
+    """(dataset root, layout name) for ``root`` or, if unambiguous, one sub-folder of it."""
+    found = _layouts_in(root)
+    if len(found) == 1:
+        return root, found[0]
+    if len(found) > 1:
+        raise PolypsegError(
+            f"The folder {root} holds more than one dataset layout ({', '.join(found)}), so it is not clear "
+            "which images to use. Point polypseg at a folder holding just one pair of image and mask folders."
+        )
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    below = [(sub, name) for sub in subfolders for name in _layouts_in(sub)]
+    if len(below) == 1:
+        return below[0]
+    if len(below) > 1:
+        where = ", ".join(f"{sub.name}/ ({name})" for sub, name in below)
+        raise PolypsegError(
+            f"The folder {root} holds several datasets: {where}. Point polypseg at one of them."
+        )
+    seen = ", ".join(f"'{p.name}/'" for p in subfolders) or "no sub-folders"
+    hint = ""
+    if any(root.name.lower() == Path(rel).name.lower() for pair in LAYOUTS.values() for rel in pair):
+        hint = f" {root.name}/ looks like one half of a dataset: point polypseg at {root.parent} instead."
+    raise PolypsegError(
+        f"No known image/mask layout in {root} (it has {seen}).{hint} Expected sub-folders "
+        f"{_expected_layouts()} (names in any case), in this folder or in one folder below it. Put the "
+        "frames in 'images/' and their masks, with the same file names, in 'masks/'."
+    )
+
+
+def _image_files(folder: Path) -> dict[str, Path]:
+    """id -> file for the image files directly in ``folder``; two files with one id is an error."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        frame_id = normalize_id(path.stem)
+        if frame_id in files:
+            raise PolypsegError(
+                f"{files[frame_id]} and {path} are the same frame ({frame_id}), so it is not clear which to "
+                "use. Keep one of them in the folder."
+            )
+        files[frame_id] = path
+    if not files:
+        raise PolypsegError(
+            f"The folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}). Put the images there, "
+            "or point polypseg at the right folder."
+        )
+    return files
+
+
+def _scan(root: str | Path) -> DatasetIndex:
+    """The index of ``root`` (possibly with no pairs: ``check_dataset`` reports that case)."""
+    given = Path(root).expanduser()
+    if not given.exists():
+        raise PolypsegError(f"The data folder {given} does not exist. Check the path.")
+    if not given.is_dir():
+        raise PolypsegError(f"{given} is a file, not a folder. Give the folder that holds the dataset.")
+    if not any(given.iterdir()):
+        raise PolypsegError(
+            f"The data folder {given} is empty. Put the frames in '{given}/images/' and their masks, with "
+            f"the same file names, in '{given}/masks/'."
+        )
+    data_root, layout = _find_layout(given)
+    image_dir, mask_dir = (_child(data_root, rel) for rel in LAYOUTS[layout])
+    images, masks = _image_files(image_dir), _image_files(mask_dir)
+    ids = sorted(images.keys() & masks.keys(), key=id_sort_key)
+    sequences, source, pranet = _sequences(data_root, given, ids)
+    pairs = [Pair(i, images[i], masks[i], sequences.get(i) if sequences else None) for i in ids]
+    return DatasetIndex(
+        root=data_root,
+        layout=layout,
+        pairs=pairs,
+        unpaired_images=[images[i] for i in sorted(images.keys() - masks.keys(), key=id_sort_key)],
+        unpaired_masks=[masks[i] for i in sorted(masks.keys() - images.keys(), key=id_sort_key)],
+        sequence_source=source,
+        pranet=pranet,
+    )
+
+
+def _no_pairs_message(index: DatasetIndex) -> str:
+    def sample(paths: list[Path]) -> str:
+        return ", ".join(p.name for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+
+    image_dir, mask_dir = index.unpaired_images[0].parent, index.unpaired_masks[0].parent
+    return (
+        f"No image in {image_dir} has a mask with the same file name in {mask_dir} (images: "
+        f"{sample(index.unpaired_images)}; masks: {sample(index.unpaired_masks)}). Name each mask like its "
+        "image (numbers may differ in zero padding, e.g. 1.tif and 001.png)."
+    )
+
+
+def index_dataset(root: str | Path) -> DatasetIndex:
+    """Find the layout under ``root``, pair images with masks by id, and attach sequences if known."""
+    index = _scan(root)
+    if not index.pairs:
+        raise PolypsegError(_no_pairs_message(index))
+    return index
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sequences
+
+
+def _read_sequences_csv(path: Path, ids: list[str]) -> tuple[dict[str, int], dict[str, str]]:
+    """(id -> sequence, id -> pranet side) from a ``id,sequence[,pranet_split]`` file."""
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise PolypsegError(f"Cannot read {path}: {exc}. Fix or remove the file.") from exc
+    if not rows or not {"id", "sequence"} <= set(rows[0]):
+        raise PolypsegError(
+            f"{path} needs the columns 'id,sequence' (and optionally 'pranet_split'), one row per frame. "
+            "Fix the file, or remove it to go without sequence information."
+        )
+    sequences: dict[str, int] = {}
+    pranet: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        frame_id, value = normalize_id((row["id"] or "").strip()), (row["sequence"] or "").strip()
+        if not value.isdigit():
+            raise PolypsegError(
+                f"{path}, line {line}: the sequence '{value}' of frame '{frame_id}' is not a whole number. "
+                "Give every frame its sequence number."
+            )
+        sequences[frame_id] = int(value)
+        side = (row.get("pranet_split") or "").strip().lower()
+        if side:
+            pranet[frame_id] = side
+    missing = [i for i in ids if i not in sequences]
+    if missing:
+        raise PolypsegError(
+            f"{path} gives no sequence for {len(missing)} of the {len(ids)} frames (e.g. "
+            f"{', '.join(missing[:5])}). Add them, or remove the file to go without sequence information."
+        )
+    return sequences, pranet
+
+
+def _is_cvc_clinicdb(ids: list[str]) -> bool:
+    # Only the complete numbering 1..612 is taken as CVC-ClinicDB: other datasets also number frames
+    # from 1 (ETIS, CVC-ColonDB), and the README table must not be applied to them.
+    return ids == [f"{n:03d}" for n in range(1, CVC_CLINICDB_FRAMES + 1)]
+
+
+def _cvc_sequences(ids: list[str]) -> dict[str, int]:
+    start, sequences = 1, {}
+    for number, end in enumerate(CVC_SEQUENCE_ENDS, start=1):
+        sequences.update({f"{n:03d}": number for n in range(start, end + 1)})
+        start = end + 1
+    return {i: sequences[i] for i in ids}
+
+
+def _sequences(
+    data_root: Path, given: Path, ids: list[str]
+) -> tuple[dict[str, int] | None, str | None, dict[str, str]]:
+    """(id -> sequence, its source, id -> pranet side), from sequences.csv or CVC-ClinicDB's README."""
+    for folder in dict.fromkeys((data_root, given)):  # the dataset root first, then the folder given
+        path = folder / SEQUENCES_CSV
+        if path.is_file():
+            sequences, pranet = _read_sequences_csv(path, ids)
+            return {i: sequences[i] for i in ids}, SEQUENCES_CSV, {i: pranet[i] for i in ids if i in pranet}
+    if ids and _is_cvc_clinicdb(ids):
+        test = {f"{n:03d}" for n in PRANET_TEST_FRAMES}
+        return _cvc_sequences(ids), README_SOURCE, {i: "test" if i in test else "train" for i in ids}
+    return None, None, {}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def _decode(path: Path, what: str, read) -> np.ndarray:
+    try:
+        return read(path)
+    except PolypsegError:
+        raise
+    except Exception as exc:  # any decoder failure means the file cannot be used; say which one
+        raise PolypsegError(
+            f"Cannot read the {what} {path}: {exc}. The file may be truncated or not an image; replace or "
+            "remove it (with its image or mask)."
+        ) from exc
+
+
+def _read_array(path: Path) -> np.ndarray:
+    """The pixels as stored. TIFFs go through tifffile: CVC-ClinicDB's image TIFFs are tagged grayscale
+    but hold RGB, which Pillow refuses."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        array = tifffile.imread(path, key=0)
+        if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+            array = np.moveaxis(array, 0, -1)  # planar (channels-first) TIFF
+        return array
+    with Image.open(path) as img:
+        img.load()
+        if img.mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        elif img.mode not in ("L", "RGB", "RGBA", "LA", "1", "I;16", "I"):
+            img = img.convert("RGB")
+        return np.asarray(img)
+
+
+def _to_uint8(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16 or (array.dtype.kind in "iu" and array.max(initial=0) > 255):
+        return (array.astype(np.uint32) >> 8).astype(np.uint8)
+    if array.dtype.kind in "iu":
+        return array.astype(np.uint8)
+    raise PolypsegError(
+        f"The {what} {path} holds {array.dtype} pixels; polypseg reads 8-bit images. Convert it to 8-bit."
+    )
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file -> RGB uint8 ``H x W x 3`` (grayscale repeated, alpha dropped)."""
+    path = Path(path)
+    array = _to_uint8(_decode(path, "image", _read_array), path, "image")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] in (1, 2):  # gray, gray + alpha
+        array = np.repeat(array[:, :, :1], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] >= 3:
+        array = array[:, :, :3]
+    else:
+        raise PolypsegError(f"The image {path} has an unexpected shape {array.shape}; expected a 2-D picture.")
+    return np.ascontiguousarray(array)
+
+
+def read_mask(path: str | Path) -> tuple[np.ndarray, int]:
+    """A mask file -> (uint8 ``H x W`` with values {0, 1}, number of pixels that were neither 0 nor 255).
+
+    Colour masks count as polyp where any channel is; values are thresholded at 128, because JPEG masks
+    (Kvasir-SEG) and some original ones (CVC-ClinicDB) hold stray in-between values. Masks already stored
+    as 0/1 are kept as they are.
+    """
+    path = Path(path)
+    array = _to_uint8(_decode(path, "mask", _read_array), path, "mask")
+    if array.ndim == 3:
+        channels = array.shape[2]
+        # Drop alpha (gray + alpha, RGBA) before taking the brightest channel.
+        array = array[:, :, :1] if channels == 2 else array[:, :, : min(channels, 3)]
+        array = array.max(axis=2)
+    if array.ndim != 2:
+        raise PolypsegError(f"The mask {path} has an unexpected shape {array.shape}; expected a 2-D picture.")
+    if array.max(initial=0) == 1:
+        return array.astype(np.uint8), 0
+    nonbinary = int(np.count_nonzero((array != 0) & (array != 255)))
+    return (array >= 128).astype(np.uint8), nonbinary
+
+
+def _size_text(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[0]}"
+
+
+def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB image, {0,1} mask) of one frame; the mask must have the image's size."""
+    image = read_image(pair.image)
+    mask, _ = read_mask(pair.mask)
+    if mask.shape != image.shape[:2]:
+        raise PolypsegError(
+            f"The mask {pair.mask} is {_size_text(mask.shape)} but its image {pair.image} is "
+            f"{_size_text(image.shape)} (width x height). A mask must have its image's size; fix or remove "
+            "the pair."
+        )
+    return image, mask
+
+
+# ---------------------------------------------------------------------------------------------------
+# data check
+
+
+@dataclass
+class CheckReport:
+    root: Path
+    layout: str
+    pairs: int
+    sizes: Counter  # (width, height) -> number of images
+    unpaired_images: list[Path]
+    unpaired_masks: list[Path]
+    unreadable: list[tuple[Path, str]]  # (file, why)
+    size_mismatches: list[str]  # one sentence per pair
+    nonbinary_masks: int
+    nonbinary_pixels: int
+    empty_masks: list[str]  # ids
+    duplicate_images: list[list[str]]  # groups of ids with identical pixels
+    sequences: int
+    sequence_source: str | None
+    allow_mixed_sizes: bool = False
+
+    @property
+    def problems(self) -> list[str]:
+        """What makes the data unusable for training, one paragraph each."""
+        out = []
+        if self.pairs == 0:
+            out.append(
+                "No image has a mask with the same file name, so there is nothing to train on. Name each "
+                "mask like its image."
+            )
+        for path, why in self.unreadable:
+            out.append(f"Cannot read {path}: {why}. Replace or remove it (with its image or mask).")
+        out += self.size_mismatches
+        if len(self.sizes) > 1 and not self.allow_mixed_sizes:
+            sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in self.sizes.most_common())
+            out.append(
+                f"The images come in {len(self.sizes)} sizes: {sizes}. Training scales every frame to the "
+                "model's input size, which distorts nothing but mixes scales; if that is intended, pass "
+                "--allow-mixed-sizes, otherwise remove the odd images."
+            )
+        return out
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the data can be used with, but the user should know."""
+        out = []
+        for what, paths in (("images", self.unpaired_images), ("masks", self.unpaired_masks)):
+            if paths:
+                names = ", ".join(p.name for p in paths[:5]) + (" ..." if len(paths) > 5 else "")
+                out.append(f"{len(paths)} {what} have no partner and are left out: {names}.")
+        if self.nonbinary_masks:
+            out.append(
+                f"{self.nonbinary_masks} masks hold {self.nonbinary_pixels} pixels that are neither 0 nor 255 "
+                "(JPEG noise or stray values); they are thresholded at 128."
+            )
+        if self.empty_masks:
+            out.append(
+                f"{len(self.empty_masks)} masks contain no polyp: {', '.join(self.empty_masks[:10])}"
+                + (" ..." if len(self.empty_masks) > 10 else "")
+                + ". Per-image Dice is undefined for them when the prediction is empty too."
+            )
+        for group in self.duplicate_images:
+            out.append(f"Frames {', '.join(group)} have identical pixels; they can leak across a split.")
+        if self.sequence_source is None:
+            out.append(
+                "No sequence information (no sequences.csv), so only frame-level ('random') splits can be "
+                "made, and their test scores are optimistic when frames come from videos. Add sequences.csv "
+                "with columns id,sequence to make grouped splits."
+            )
+        return out
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "pairs": self.pairs,
+            "sizes": {f"{w}x{h}": n for (w, h), n in self.sizes.most_common()},
+            "unpaired_images": [str(p) for p in self.unpaired_images],
+            "unpaired_masks": [str(p) for p in self.unpaired_masks],
+            "unreadable": [{"file": str(p), "error": why} for p, why in self.unreadable],
+            "size_mismatches": self.size_mismatches,
+            "nonbinary_masks": self.nonbinary_masks,
+            "nonbinary_pixels": self.nonbinary_pixels,
+            "empty_masks": self.empty_masks,
+            "duplicate_images": self.duplicate_images,
+            "sequences": self.sequences,
+            "sequence_source": self.sequence_source,
+            "usable": self.usable,
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
+
+    def table(self) -> str:
+        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in self.sizes.most_common()) or "-"
+        rows = [
+            ("folder", str(self.root)),
+            ("layout", self.layout),
+            ("pairs", str(self.pairs)),
+            ("image sizes", sizes),
+            ("unpaired files", f"{len(self.unpaired_images)} images, {len(self.unpaired_masks)} masks"),
+            ("unreadable files", str(len(self.unreadable))),
+            ("mask/image size mismatches", str(len(self.size_mismatches))),
+            ("non-binary masks", f"{self.nonbinary_masks} files, {self.nonbinary_pixels} pixels"),
+            ("empty masks", str(len(self.empty_masks))),
+            ("duplicate images", str(sum(len(g) for g in self.duplicate_images))),
+            ("sequences", f"{self.sequences} (from {self.sequence_source})" if self.sequence_source else "-"),
+            ("usable", "yes" if self.usable else "NO"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        lines = [f"{name:<{width}}  {value}" for name, value in rows]
+        lines += [f"problem: {text}" for text in self.problems]
+        lines += [f"warning: {text}" for text in self.warnings]
+        return "\n".join(lines)
+
+
+def check_dataset(root: str | Path, allow_mixed_sizes: bool = False) -> CheckReport:
+    """Read every image and mask under ``root`` and report what would stop or mislead training."""
+    index = _scan(root)
+    sizes: Counter = Counter()
+    unreadable: list[tuple[Path, str]] = []
+    mismatches: list[str] = []
+    nonbinary_masks = nonbinary_pixels = 0
+    empty: list[str] = []
+    by_hash: dict[str, list[str]] = {}
+    for pair in tqdm(index.pairs, desc="checking", unit="pair", disable=None):
+        image = mask = None
+        try:
+            image = read_image(pair.image)
+            sizes[(image.shape[1], image.shape[0])] += 1
+            digest = hashlib.sha256(str(image.shape).encode() + image.tobytes()).hexdigest()
+            by_hash.setdefault(digest, []).append(pair.id)
+        except PolypsegError as exc:
+            unreadable.append((pair.image, str(exc.__cause__ or exc)))
+        try:
+            mask, nonbinary = read_mask(pair.mask)
+            nonbinary_masks += nonbinary > 0
+            nonbinary_pixels += nonbinary
+            if not mask.any():
+                empty.append(pair.id)
+        except PolypsegError as exc:
+            unreadable.append((pair.mask, str(exc.__cause__ or exc)))
+        if image is not None and mask is not None and mask.shape != image.shape[:2]:
+            mismatches.append(
+                f"The mask {pair.mask} is {_size_text(mask.shape)} but its image is {_size_text(image.shape)} "
+                "(width x height). Fix or remove the pair."
+            )
+    return CheckReport(
+        root=index.root,
+        layout=index.layout,
+        pairs=len(index.pairs),
+        sizes=sizes,
+        unpaired_images=index.unpaired_images,
+        unpaired_masks=index.unpaired_masks,
+        unreadable=unreadable,
+        size_mismatches=mismatches,
+        nonbinary_masks=nonbinary_masks,
+        nonbinary_pixels=nonbinary_pixels,
+        empty_masks=empty,
+        duplicate_images=[ids for ids in by_hash.values() if len(ids) > 1],
+        sequences=len({p.sequence for p in index.pairs}) if index.has_sequences else 0,
+        sequence_source=index.sequence_source,
+        allow_mixed_sizes=allow_mixed_sizes,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch Dataset
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Pairs -> ``dict(image=float32 3xHxW, mask=float32 1xHxW in {0,1}, id=str)``.
+
+    ``transform`` is an albumentations Compose from ``polypseg.transforms`` (it normalises); without one
+    the image is only scaled to [0, 1], which is meant for tests.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], transform=None):
+        self.pairs = list(pairs)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        pair = self.pairs[i]
+        image, mask = load_pair(pair)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        else:
+            image = image.astype(np.float32) / 255.0
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32)),
+            "id": pair.id,
+        }

@@ -1,0 +1,496 @@
+"""Evaluate a trained run on the test side of a split, or on every pair of a folder, and report.
+
+Outputs (one folder, written into a temporary folder beside it and renamed at the end):
+``per_image.csv``, ``summary.json``, ``report.md`` (with its figure files) and a self-contained
+``report.html`` (figures embedded). The decision threshold is the checkpoint's (chosen on the
+validation side by ``train``) or a given one: it is never chosen on the evaluated images.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from . import metrics
+from .data import Pair, index_dataset, load_pair
+from .errors import PolypsegError
+from .model import read_checkpoint_meta, resolve_checkpoint
+from .predict import Predictor
+from .splits import _leak_text, load_split, split_pairs
+from .viz import GREEN, YELLOW, overlay
+
+SUMMARY_FORMAT = "polypseg-eval/1"
+
+
+def evaluate(
+    run: str | Path,
+    data: str | Path | None = None,
+    split: str | Path | None = None,
+    all_pairs: bool = False,
+    out: str | Path | None = None,
+    tta: bool = False,
+    threshold: float | None = None,
+    bootstrap: int = 1000,
+    pranet_mdice: bool = False,
+    gallery: int = 8,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``run`` and write its evaluation folder; returns the summary (as in summary.json).
+
+    Images: the test side of the run's ``split.json`` (or of ``split``), or with ``all_pairs`` every
+    pair of ``data`` (default: the run's data folder), of any size: the model sees each frame at its
+    input size, the metrics compare at the frame's own size. ``bootstrap``: resamples for the 95%
+    intervals (0: none), drawn with ``seed``. ``gallery``: how many frames (half best, half worst)
+    the report shows.
+    """
+    if all_pairs and split is not None:
+        raise PolypsegError("Give either a split file or --all (every pair of the folder), not both.")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise PolypsegError(f"The threshold must lie between 0 and 1, got {threshold}.")
+    if bootstrap < 0:
+        raise PolypsegError(f"The number of bootstrap resamples must be 0 or more, got {bootstrap}.")
+    weights = resolve_checkpoint(run)
+    run_dir = weights.parent
+    predictor = Predictor(weights, device=device, tta=tta)
+    cfg = predictor.config
+    index = index_dataset(data if data is not None else cfg.data)
+    if all_pairs:
+        pairs = list(index.pairs)
+        selection = {"name": Path(index.root).name, "side": "all", "split": None, "leak": None,
+                     "leak_text": "Leak: no split; every pair of the folder is evaluated."}
+    else:
+        pairs, selection = _select(index, run_dir, split)
+    selection["seen_in_training"] = _seen_in_training(run_dir, index, cfg, data, [p.id for p in pairs])
+    if threshold is None:
+        threshold = predictor.threshold
+        from_validation = read_checkpoint_meta(weights).get("metrics", {}).get("threshold_from") == "validation"
+        source = "checkpoint, chosen on the validation side" if from_validation else "checkpoint config, not tuned"
+    else:
+        source = "given"
+    out = Path(out) if out is not None else run_dir / f"eval-{selection['name']}"
+    if out.exists() and not out.is_dir():
+        raise PolypsegError(f"{out} is a file; give a folder for the evaluation (-o).")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # unlike mkdtemp, honours the umask: the finished folder is as readable as any other
+    try:
+        summary = _evaluate_into(
+            tmp, predictor, pairs, threshold, bootstrap, pranet_mdice, gallery, seed, progress
+        )
+        summary.update(
+            run=str(run_dir), checkpoint=str(weights), data=str(index.root), selection=selection,
+            threshold=float(threshold), threshold_source=source, tta=tta, device=device,
+            model=cfg.to_dict(), out=str(out),
+        )
+        _write_summary(tmp, summary)
+        _write_reports(tmp, summary)
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _select(index, run_dir: Path, split) -> tuple[list[Pair], dict[str, Any]]:
+    """The pairs to evaluate and a description of where they came from (split=None: the run's)."""
+    path = Path(split) if split is not None else run_dir / "split.json"
+    if split is None and not path.is_file():
+        raise PolypsegError(
+            f"The run {run_dir} has no split.json. Give the split whose test side to evaluate (--split FILE), "
+            "or evaluate every pair of a folder (--all)."
+        )
+    s = load_split(path)  # a k-fold split saved by train records its fold
+    if not s.test:
+        raise PolypsegError(f"The split {path} has no test side. Make one with a test side (polypseg data split).")
+    pairs = split_pairs(s, index)["test"]
+    info = {"strategy": s.strategy, "seed": s.seed, "fold": s.fold, "path": str(path)}
+    return pairs, {
+        "name": "test" if split is None else f"{path.stem}-test",
+        "side": "test", "split": info, "leak": s.leak, "leak_text": _leak_text(s.leak, s.sequences),
+    }
+
+
+def _seen_in_training(run_dir: Path, index, cfg, data, ids: list[str]) -> int | None:
+    """How many evaluated frames the run trained or validated on (None: cannot tell)."""
+    path = run_dir / "split.json"
+    if not path.is_file():
+        return None
+    if data is not None:  # another folder may reuse the run's frame names: compare the dataset roots
+        try:
+            if index_dataset(cfg.data).root.resolve() != Path(index.root).resolve():
+                return None
+        except PolypsegError:
+            return None
+    s = load_split(path)
+    return len(set(ids) & set(s.train + s.val))
+
+
+def _evaluate_into(
+    tmp: Path, predictor: Predictor, pairs: list[Pair], threshold: float, bootstrap: int,
+    pranet_mdice: bool, gallery: int, seed: int, progress: bool,
+) -> dict[str, Any]:
+    """Predict every pair, write per_image.csv and the figures into ``tmp``; the summary's numbers."""
+    thresholds = metrics.DEFAULT_THRESHOLDS
+    rows, counts, curve_counts, hd = [], [], [], []
+    start = time.perf_counter()
+    for pair in tqdm(pairs, desc="evaluate", unit="img", disable=not progress):
+        image, mask = load_pair(pair)
+        prob = predictor.predict_prob(image)
+        pred = prob >= threshold
+        c = metrics.confusion(pred, mask)
+        distance, one_empty = metrics.hd95(pred, mask)
+        curve_counts.append(metrics.threshold_counts(prob, mask, thresholds))
+        row = {
+            "id": pair.id, "sequence": pair.sequence, "height": mask.shape[0], "width": mask.shape[1],
+            "gt_empty": int(c[0] + c[2] == 0), "pred_empty": int(c[0] + c[1] == 0),
+            **dict(zip(("tp", "fp", "fn", "tn"), c.tolist())),
+            **{k: float(v) for k, v in metrics.scores(c).items()},
+            "hd95": distance, "hd95_one_empty": int(one_empty),
+        }
+        if pranet_mdice:
+            row["pranet_mdice"] = float(metrics.pranet_dice_curve(prob, mask).mean())
+        rows.append(row)
+        counts.append(c)
+        hd.append(distance)
+    seconds = time.perf_counter() - start
+
+    counts = np.stack(counts)
+    hd = np.asarray(hd)
+    summary: dict[str, Any] = {
+        "format": SUMMARY_FORMAT,
+        "n_images": len(rows),
+        "n_gt_empty": sum(r["gt_empty"] for r in rows),
+        "n_pred_empty": sum(r["pred_empty"] for r in rows),
+        "metrics": {r: metrics.reduce(counts, r) for r in metrics.REDUCTIONS},
+        "ci": None,
+        "hd95": {
+            "mean": float(hd.mean()), "median": float(np.median(hd)),
+            "n_one_empty": sum(r["hd95_one_empty"] for r in rows), "rule": metrics.HD95_RULE,
+        },
+        "pranet_mdice": float(np.mean([r["pranet_mdice"] for r in rows])) if pranet_mdice else None,
+        "empty_rule": metrics.EMPTY_RULE,
+        "per_sequence": _per_sequence(rows),
+        "threshold_curve": metrics.threshold_curve(np.stack(curve_counts), thresholds),
+        "timing": {"seconds": round(seconds, 3), "images_per_second": round(len(rows) / max(seconds, 1e-9), 3)},
+    }
+    if bootstrap:
+        summary["ci"] = {
+            r: metrics.bootstrap_ci(counts, r, bootstrap, seed, extra={"hd95": hd} if r == "per-image" else None)
+            for r in metrics.REDUCTIONS
+        }
+        summary["bootstrap"] = {"resamples": bootstrap, "seed": seed, "level": 0.95}
+    _write_csv(tmp / "per_image.csv", rows)
+    summary["gallery"] = _write_figures(tmp, rows, summary, threshold, predictor, pairs, gallery)
+    return summary
+
+
+def _per_sequence(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    by_seq: dict[int, list[float]] = {}
+    for r in rows:
+        if r["sequence"] is not None:
+            by_seq.setdefault(r["sequence"], []).append(r["dice"])
+    return {str(s): {"n": len(v), "dice": float(np.mean(v))} for s, v in sorted(by_seq.items())}
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def _write_summary(tmp: Path, summary: dict[str, Any]) -> None:
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    """Put the finished ``tmp`` at ``out``; an older evaluation there is replaced."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure  # the Agg canvas, no pyplot state
+
+    return Figure(figsize=(width, height), dpi=100, layout="tight")
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, format="png")
+
+
+def _write_figures(tmp, rows, summary, threshold, predictor, pairs, gallery) -> list[str]:
+    """dice_hist.png, threshold_curve.png, gallery.jpg and (sequences known) per_sequence.png.
+
+    Returns the ids the gallery shows, worst first.
+    """
+    dice = np.array([r["dice"] for r in rows])
+    fig = _figure(6, 3.5)
+    ax = fig.add_subplot()
+    ax.hist(dice, bins=np.linspace(0, 1, 21), color="tab:blue", edgecolor="white")
+    ax.axvline(dice.mean(), color="black", linestyle="--", label=f"mean {dice.mean():.3f}")
+    ax.set(xlabel="Dice per image", ylabel="images", xlim=(0, 1), title=f"Per-image Dice ({len(dice)} images)")
+    ax.legend()
+    _save(fig, tmp / "dice_hist.png")
+
+    curve = summary["threshold_curve"]
+    fig = _figure(6.5, 3.5)
+    ax = fig.add_subplot()
+    ax.plot(curve["thresholds"], curve["dice_per_image"], label="per-image mean Dice")
+    ax.plot(curve["thresholds"], curve["dice_micro"], label="micro Dice")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold used {threshold:.2f}")
+    ax.set(xlabel="threshold", ylabel="Dice", xlim=(0, 1), ylim=(0, 1),
+           title="Dice vs threshold on these images (not used to choose it)")
+    ax.legend()
+    _save(fig, tmp / "threshold_curve.png")
+
+    if summary["per_sequence"]:
+        seqs = summary["per_sequence"]
+        fig = _figure(max(4, 0.3 * len(seqs) + 1.5), 3.5)
+        ax = fig.add_subplot()
+        ax.bar(list(seqs), [v["dice"] for v in seqs.values()], color="tab:green")
+        ax.set(xlabel="sequence", ylabel="mean Dice", ylim=(0, 1), title="Per-sequence mean Dice")
+        ax.tick_params(axis="x", labelsize=7)
+        _save(fig, tmp / "per_sequence.png")
+
+    if gallery <= 0:
+        return []
+    chosen = _gallery_rows(rows, gallery)
+    _write_gallery(tmp / "gallery.jpg", chosen, rows, predictor, pairs, threshold)
+    return [rows[i]["id"] for i in chosen]
+
+
+def _gallery_rows(rows: list[dict[str, Any]], k: int) -> list[int]:
+    """Indices of the k/2 worst and k/2 best frames by Dice (all frames if there are at most k)."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["dice"], rows[i]["id"]))
+    if len(order) <= k:
+        return order
+    return order[: k // 2] + order[len(order) - (k - k // 2):]
+
+
+def _write_gallery(path, chosen, rows, predictor, pairs, threshold, height: int = 192) -> None:
+    """One PNG, a row per frame: the frame | ground truth (green) | prediction (yellow), captioned."""
+    lines = []
+    for i in chosen:
+        image, mask = load_pair(pairs[i])
+        pred = predictor.predict_prob(image) >= threshold
+        width = round(image.shape[1] * height / image.shape[0])
+        panels = [
+            cv2.resize(p, (width, height), interpolation=cv2.INTER_AREA)
+            for p in (image, overlay(image, mask, GREEN), overlay(image, pred, YELLOW))
+        ]
+        gap = np.full((height, 4, 3), 255, np.uint8)
+        line = np.hstack([panels[0], gap, panels[1], gap, panels[2]])
+        caption = np.full((22, line.shape[1], 3), 255, np.uint8)
+        text = f"{rows[i]['id']}   Dice {rows[i]['dice']:.3f}   frame | ground truth | prediction"
+        if len(chosen) < len(rows):
+            text = ("worst   " if chosen.index(i) < len(chosen) // 2 else "best   ") + text
+        cv2.putText(caption, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        lines.append(np.vstack([caption, line, np.full((6, line.shape[1], 3), 255, np.uint8)]))
+    width = max(line.shape[1] for line in lines)
+    picture = np.vstack([np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255)
+                         for line in lines])
+    _, jpeg = cv2.imencode(".jpg", picture[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    path.write_bytes(jpeg.tobytes())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text: terminal table, report.md and report.html from one list of blocks
+
+
+def _ci_text(summary, reduction: str, name: str) -> str:
+    value = summary["metrics"][reduction][name]
+    if not summary.get("ci"):
+        return f"{value:.3f}"
+    lo, hi = summary["ci"][reduction][name]
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _what_text(summary) -> str:
+    sel = summary["selection"]
+    if sel["side"] == "all":
+        return f"every pair of {summary['data']}"
+    s = sel["split"]
+    fold = f", fold {s['fold']}" if s["fold"] is not None else ""
+    return f"the test side of {s['path']} ({s['strategy']} split, seed {s['seed']}{fold})"
+
+
+def _headline(summary) -> str:
+    return (
+        f"Headline: mDice {_ci_text(summary, 'per-image', 'dice')}, mIoU {_ci_text(summary, 'per-image', 'iou')} "
+        "(per-image means of the polyp class, as PraNet and later papers report). Two-class mIoU (polyp and "
+        f"background IoU averaged, another common reading of 'mIoU'): {_ci_text(summary, 'micro', 'miou2')} "
+        f"micro, {_ci_text(summary, 'per-image', 'miou2')} per-image. Background IoU and pixel accuracy are "
+        "high even for a model that predicts no polyp at all; judge a model by Dice and polyp IoU."
+    )
+
+
+def _leak_line(summary) -> str:
+    """The split's leak sentence, plus how many evaluated frames the run itself trained on."""
+    sel = summary["selection"]
+    seen = sel.get("seen_in_training")
+    if seen is None:
+        return sel["leak_text"]
+    if seen:
+        return f"{sel['leak_text']} {seen} of the evaluated frames were used in training or validation."
+    return f"{sel['leak_text']} None of the evaluated frames was used in training or validation."
+
+
+def _blocks(summary) -> list[tuple]:
+    """The report as ("h"|"p"|"table"|"img", ...) blocks, rendered to Markdown and HTML alike."""
+    n = summary["n_images"]
+    ci = summary.get("ci")
+    b: list[tuple] = [
+        ("h", 1, "polypseg evaluation"),
+        ("p", f"Run `{summary['run']}`, {n} images: {_what_text(summary)}. Threshold "
+              f"{summary['threshold']:.2f} ({summary['threshold_source']}); never chosen on these images. "
+              f"TTA {'on (flips)' if summary['tta'] else 'off'}. Model {summary['model']['arch']} / "
+              f"{summary['model']['encoder']} at {summary['model']['height']}x{summary['model']['width']}; "
+              "metrics at each image's own size."),
+        ("p", _leak_line(summary)),
+        ("h", 2, "Metrics"),
+        ("p", _headline(summary)),
+        ("p", "Per-image: the metric on each image, then the mean over images (the polyp literature's "
+              "mDice and mIoU). Micro: confusion counts summed over all images, then the metric. "
+              + (f"95% percentile bootstrap intervals over images ({summary['bootstrap']['resamples']} "
+                 f"resamples, seed {summary['bootstrap']['seed']})." if ci else "No bootstrap intervals.")),
+        ("table", ["metric", "per-image mean", "micro", "definition"],
+         [[label, _ci_text(summary, "per-image", k), _ci_text(summary, "micro", k), definition]
+          for k, (label, definition) in metrics.METRICS.items()]),
+        ("p", f"HD95 (95th-percentile symmetric Hausdorff distance of the mask outlines, pixels): mean "
+              f"{summary['hd95']['mean']:.1f}"
+              + (f" [{ci['per-image']['hd95'][0]:.1f}, {ci['per-image']['hd95'][1]:.1f}]" if ci else "")
+              + f", median {summary['hd95']['median']:.1f}; {summary['hd95']['n_one_empty']} image(s) with "
+              f"exactly one empty mask. {summary['hd95']['rule']}"),
+    ]
+    if summary["pranet_mdice"] is not None:
+        b.append(("p", f"PraNet-style mDice (per-image Dice averaged over 256 thresholds of the min-max "
+                       f"normalised map): {summary['pranet_mdice']:.3f}."))
+    b += [
+        ("p", f"Empty masks: {summary['n_gt_empty']} image(s) without polyp in the ground truth, "
+              f"{summary['n_pred_empty']} with nothing predicted. {summary['empty_rule']}"),
+        ("p", f"Time: {summary['timing']['seconds']:.1f} s, {summary['timing']['images_per_second']:.2f} "
+              f"images/s on {summary['device']}."),
+        ("h", 2, "Per-image Dice"),
+        ("img", "dice_hist.png", "histogram of per-image Dice"),
+        ("h", 2, "Threshold"),
+        ("p", "Dice of these images at other thresholds, for reading only: the threshold used was fixed "
+              "before this evaluation, and choosing it here would flatter the scores."),
+        ("img", "threshold_curve.png", "Dice vs threshold"),
+    ]
+    if summary["per_sequence"]:
+        seqs = summary["per_sequence"]
+        b += [
+            ("h", 2, "Per sequence"),
+            ("img", "per_sequence.png", "mean Dice per sequence"),
+            ("table", ["sequence", "images", "mean Dice"], [[s, v["n"], f"{v['dice']:.3f}"] for s, v in seqs.items()]),
+        ]
+    if summary.get("gallery"):
+        b += [
+            ("h", 2, "Worst and best frames"),
+            ("p", "Each row: the frame, the ground truth (green), the prediction (yellow)."),
+            ("img", "gallery.jpg", "worst and best frames"),
+        ]
+    return b
+
+
+def _markdown(blocks) -> str:
+    lines = []
+    for kind, *a in blocks:
+        if kind == "h":
+            lines.append("#" * a[0] + " " + a[1])
+        elif kind == "p":
+            lines.append(a[0])
+        elif kind == "table":
+            header, rows = a
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+        elif kind == "img":
+            lines.append(f"![{a[1]}]({a[0]})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _html(blocks, folder: Path) -> str:
+    body = []
+    for kind, *a in blocks:
+        if kind == "h":
+            body.append(f"<h{a[0]}>{html.escape(a[1])}</h{a[0]}>")
+        elif kind == "p":
+            body.append(f"<p>{html.escape(a[0]).replace('`', '')}</p>")
+        elif kind == "table":
+            header, rows = a
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+            cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+            body.append(f"<table><tr>{head}</tr>{cells}</table>")
+        elif kind == "img":
+            data = base64.b64encode((folder / a[0]).read_bytes()).decode("ascii")
+            mime = "image/jpeg" if a[0].endswith(".jpg") else "image/png"
+            body.append(f'<p><img alt="{html.escape(a[1])}" src="data:{mime};base64,{data}"></p>')
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;line-height:1.4}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}"
+        "img{max-width:100%}"
+    )
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>polypseg evaluation</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def _write_reports(tmp: Path, summary: dict[str, Any]) -> None:
+    blocks = _blocks(summary)
+    (tmp / "report.md").write_text(_markdown(blocks))
+    (tmp / "report.html").write_text(_html(blocks, tmp))
+
+
+def format_summary_table(summary: dict[str, Any]) -> str:
+    """The terminal table: headline per-image mDice and mIoU with CIs, then every metric, then the leak."""
+    n = summary["n_images"]
+    width = max(len(label) for label, _ in metrics.METRICS.values()) + 2
+    lines = [
+        f"{n} images: {_what_text(summary)}",
+        f"threshold {summary['threshold']:.2f} ({summary['threshold_source']}), TTA {'on' if summary['tta'] else 'off'}"
+        + (f", 95% CIs from {summary['bootstrap']['resamples']} bootstrap resamples" if summary.get("ci") else ""),
+        "",
+        f"mDice {_ci_text(summary, 'per-image', 'dice')}   mIoU {_ci_text(summary, 'per-image', 'iou')}   "
+        "(per-image means, polyp class)",
+        f"two-class mIoU (polyp + background) {_ci_text(summary, 'micro', 'miou2')} micro, "
+        f"{_ci_text(summary, 'per-image', 'miou2')} per-image",
+        "",
+        f"{'metric':<{width}}{'per-image mean':<26}micro (pooled pixels)",
+    ]
+    for k, (label, _) in metrics.METRICS.items():
+        lines.append(f"{label:<{width}}{_ci_text(summary, 'per-image', k):<26}{_ci_text(summary, 'micro', k)}")
+    hd = summary["hd95"]
+    lines.append(f"{'HD95 (pixels)':<{width}}{hd['mean']:.1f} mean, {hd['median']:.1f} median")
+    if summary["pranet_mdice"] is not None:
+        lines.append(f"{'PraNet mDice (256 thr.)':<{width}}{summary['pranet_mdice']:.3f}")
+    lines += ["", _leak_line(summary), f"report: {Path(summary['out']) / 'report.html'}"]
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""Segmentation metrics as plain functions over confusion counts, with the reduction always named.
+
+Counts are int64 arrays whose last axis is ``(tp, fp, fn, tn)`` for the polyp class: shape ``(4,)``
+for one image, ``(N, 4)`` for N images, ``(N, T, 4)`` for N images at T thresholds.
+
+Two reductions:
+- ``micro``: counts summed over all images, then the metric (every pixel weighs the same).
+- ``per-image``: the metric on each image, then the mean (every image weighs the same). The polyp
+  literature's "mDice" and "mIoU" (PraNet and after) are per-image means of the polyp class.
+
+Empty rule (never NaN): when a ratio's denominator is zero, its value is 1 if prediction and ground
+truth agree on every pixel of that image (no false positive and no false negative), otherwise 0.
+So both masks empty gives Dice = IoU = precision = recall = F2 = 1; nothing predicted on a frame
+with a polyp gives precision = 0; a false alarm on a frame without polyp gives recall = 0 (and
+Dice = IoU = 0, as the formulas already say).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import PolypsegError
+
+EMPTY_RULE = (
+    "When a metric's denominator is zero it is 1 if prediction and ground truth agree on every pixel "
+    "(both masks empty, for the polyp metrics), otherwise 0: never NaN."
+)
+HD95_RULE = (
+    "HD95 is 0 when both masks are empty; when exactly one is empty it is the image diagonal "
+    "(the largest distance possible), and such images are counted."
+)
+
+# name -> (label, definition); the order is the order of tables and CSV columns.
+METRICS: dict[str, tuple[str, str]] = {
+    "dice": ("Dice (F1)", "2TP / (2TP + FP + FN)"),
+    "iou": ("IoU (polyp)", "TP / (TP + FP + FN)"),
+    "miou2": ("mIoU (polyp + background)", "mean of polyp IoU and background IoU"),
+    "bg_iou": ("IoU (background)", "TN / (TN + FN + FP)"),
+    "precision": ("precision", "TP / (TP + FP)"),
+    "recall": ("recall (sensitivity)", "TP / (TP + FN)"),
+    "specificity": ("specificity", "TN / (TN + FP)"),
+    "f2": ("F2", "5TP / (5TP + 4FN + FP): F-beta with beta = 2, favouring recall"),
+    "accuracy": ("pixel accuracy", "(TP + TN) / all pixels"),
+}
+REDUCTIONS = ("per-image", "micro")
+DEFAULT_THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
+
+
+def confusion(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Binary masks (bool or {0,1}) of one shape -> int64 ``(tp, fp, fn, tn)``."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+    code = 2 * gt.astype(bool).ravel().astype(np.int64) + pred.astype(bool).ravel()
+    tn, fp, fn, tp = np.bincount(code, minlength=4)
+    return np.array([tp, fp, fn, tn], dtype=np.int64)
+
+
+def threshold_counts(score: np.ndarray, gt: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """``(tp, fp, fn, tn)`` of the mask ``score >= t`` for every t in the ascending ``thresholds``: (T, 4).
+
+    One pass over the pixels: each pixel is predicted for the thresholds at or below its score.
+    """
+    thresholds = np.asarray(thresholds)
+    if np.any(np.diff(thresholds) <= 0):
+        raise ValueError("thresholds must be strictly ascending")
+    g = gt.astype(bool).ravel()
+    level = np.searchsorted(thresholds, score.ravel(), side="right")  # number of thresholds <= score
+    n_levels = len(thresholds) + 1
+    # predicted at threshold j <=> level > j: reverse cumulative sums of the level histograms
+    pos = np.cumsum(np.bincount(level[g], minlength=n_levels)[::-1])[::-1][1:]
+    neg = np.cumsum(np.bincount(level[~g], minlength=n_levels)[::-1])[::-1][1:]
+    n_pos, n_neg = int(g.sum()), int(g.size - g.sum())
+    return np.stack([pos, neg, n_pos - pos, n_neg - neg], axis=-1).astype(np.int64)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, perfect: np.ndarray) -> np.ndarray:
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    out = np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
+    return np.where(den > 0, out, perfect.astype(np.float64))
+
+
+def scores(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric of ``METRICS`` for each count row (the empty rule applied): arrays of counts.shape[:-1]."""
+    c = np.asarray(counts, dtype=np.int64)
+    tp, fp, fn, tn = c[..., 0], c[..., 1], c[..., 2], c[..., 3]
+    perfect = (fp == 0) & (fn == 0)
+    out = {
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, perfect),
+        "iou": _ratio(tp, tp + fp + fn, perfect),
+        "bg_iou": _ratio(tn, tn + fn + fp, perfect),
+        "precision": _ratio(tp, tp + fp, perfect),
+        "recall": _ratio(tp, tp + fn, perfect),
+        "specificity": _ratio(tn, tn + fp, perfect),
+        "f2": _ratio(5 * tp, 5 * tp + 4 * fn + fp, perfect),
+        "accuracy": _ratio(tp + tn, tp + fp + fn + tn, perfect),
+    }
+    out["miou2"] = (out["iou"] + out["bg_iou"]) / 2
+    return {name: out[name] for name in METRICS}
+
+
+def reduce(counts: np.ndarray, reduction: str) -> dict[str, float]:
+    """Metrics of a set of images, counts (N, 4): ``micro`` (pooled counts) or ``per-image`` (mean)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if reduction == "micro":
+        return {k: float(v) for k, v in scores(counts.sum(axis=0)).items()}
+    if reduction == "per-image":
+        return {k: float(v.mean()) for k, v in scores(counts).items()}
+    raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
+
+
+def bootstrap_ci(
+    counts: np.ndarray,
+    reduction: str,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    extra: dict[str, np.ndarray] | None = None,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap confidence intervals over images for every metric of ``reduce``.
+
+    Images are drawn with replacement ``resamples`` times (numpy Generator seeded with ``seed``:
+    deterministic); each draw is reduced like the real set. ``extra`` adds per-image values
+    (e.g. hd95) whose mean gets an interval from the same draws.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    n = len(counts)
+    rng = np.random.default_rng(seed)
+    # how often each image is drawn in each resample: (resamples, n)
+    times = np.stack([np.bincount(rng.integers(0, n, size=n), minlength=n) for _ in range(resamples)])
+    if reduction == "micro":
+        draws = scores(times @ counts)
+    elif reduction == "per-image":
+        draws = {k: times @ v / n for k, v in scores(counts).items()}
+    else:
+        raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
+    for name, values in (extra or {}).items():
+        draws[name] = times @ np.asarray(values, np.float64) / n
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {k: tuple(float(x) for x in np.percentile(v, q)) for k, v in draws.items()}
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    # the mask's pixels with a 4-neighbour outside it (the image border counts as outside)
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def hd95(pred: np.ndarray, gt: np.ndarray) -> tuple[float, bool]:
+    """Symmetric 95th-percentile Hausdorff distance in pixels between the masks' surfaces.
+
+    The larger of the two directed 95th percentiles (each surface pixel's distance to the nearest
+    surface pixel of the other mask). Returns ``(distance, one_empty)``; see ``HD95_RULE``.
+    """
+    p, g = pred.astype(bool), gt.astype(bool)
+    if not p.any() and not g.any():
+        return 0.0, False
+    if not p.any() or not g.any():
+        return float(np.hypot(*p.shape)), True
+    sp, sg = _surface(p), _surface(g)
+    to_g = ndimage.distance_transform_edt(~sg)[sp]
+    to_p = ndimage.distance_transform_edt(~sp)[sg]
+    return float(max(np.percentile(to_g, 95), np.percentile(to_p, 95))), False
+
+
+def pranet_dice_curve(prob: np.ndarray, gt: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """Dice of one image at PraNet's 256 thresholds (0, 1/255, ..., 1; mask = map >= threshold).
+
+    Mirrors the PraNet / Polyp-PVT evaluation: the map is min-max normalised per image (their test
+    scripts do this before saving) and stored in 8 bits; ``normalize=False`` skips the min-max step.
+    One difference: where PraNet's MATLAB code scores 0 whenever TP = 0, the empty rule here scores an
+    empty prediction of an empty ground truth as 1 (identical on frames that show a polyp).
+    """
+    p = np.asarray(prob, np.float64)
+    if normalize:
+        p = (p - p.min()) / (p.max() - p.min() + 1e-8)
+    q = np.clip(np.rint(p * 255), 0, 255)
+    return scores(threshold_counts(q, gt, np.arange(256)))["dice"]
+
+
+def threshold_curve(counts: np.ndarray, thresholds: np.ndarray) -> dict[str, list[float]]:
+    """Counts (N, T, 4) of N images at T thresholds -> Dice per threshold, micro and per-image."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return {
+        "thresholds": [float(t) for t in thresholds],
+        "dice_micro": scores(counts.sum(axis=0))["dice"].tolist(),
+        "dice_per_image": scores(counts)["dice"].mean(axis=0).tolist(),
+    }
+
+
+def choose_threshold(
+    source: Any,
+    pairs: Iterable[Any] | None = None,
+    thresholds: np.ndarray = DEFAULT_THRESHOLDS,
+    reduction: str = "per-image",
+) -> tuple[float, dict[str, Any]]:
+    """The threshold that maximises Dice on validation data: ``(threshold, curve)``.
+
+    ``source`` is an iterable of ``(probability map, mask)``, or a ``Predictor`` with ``pairs``
+    (``data.Pair``s, read and predicted one at a time). Never call it on test data. ``reduction``
+    names which Dice is maximised; ties go to the threshold nearest 0.5. ``curve`` is
+    ``threshold_curve``'s dict plus ``chosen`` and ``reduction``.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
+    if pairs is not None:
+        from .data import load_pair
+
+        predictor, pairs = source, list(pairs)
+        source = ((predictor.predict_prob(image), mask) for image, mask in map(load_pair, pairs))
+    thresholds = np.asarray(thresholds, np.float64)
+    counts = [threshold_counts(prob, mask, thresholds) for prob, mask in source]
+    if not counts:
+        raise PolypsegError(
+            "No validation images to choose a decision threshold on. Use a split with a validation side."
+        )
+    curve = threshold_curve(np.stack(counts), thresholds)
+    dice = np.asarray(curve["dice_micro" if reduction == "micro" else "dice_per_image"])
+    best = np.flatnonzero(dice == dice.max())
+    t = float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])
+    return t, {**curve, "chosen": t, "reduction": reduction}

@@ -1,0 +1,371 @@
+"""Training on PyTorch Lightning: one LightningModule, one callback that writes the run folder, `train()`.
+
+Run folder (see docs/DESIGN.md): config.json, split.json, metrics.csv, curve.png, best/last checkpoints
+(safetensors + JSON), resume.ckpt (Lightning's full state, only for --resume), logs/ (CSV, TensorBoard).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import segmentation_models_pytorch as smp
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from .config import Config
+from .data import SegmentationDataset, index_dataset
+from .errors import PolypsegError
+from .files import atomic_write
+from .model import build_model, load_checkpoint, save_checkpoint
+from .splits import load_split, make_split, resolve_fold, save_split
+from .transforms import eval_transform, train_transform
+
+# Lightning's start-up tips and a deprecation inside its own code say nothing to a polypseg user.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+warnings.filterwarnings("ignore", message=".*weights_only. was not set.*")
+
+LOSSES = ("dice+bce", "dice", "bce", "focal", "lovasz", "tversky")
+
+
+def make_loss(cfg: Config) -> torch.nn.Module:
+    mode = "binary" if cfg.classes == 1 else "multiclass"
+    parts = {
+        "dice": lambda: smp.losses.DiceLoss(mode, from_logits=True),
+        "bce": lambda: smp.losses.SoftBCEWithLogitsLoss() if mode == "binary" else smp.losses.SoftCrossEntropyLoss(),
+        "focal": lambda: smp.losses.FocalLoss(mode),
+        "lovasz": lambda: smp.losses.LovaszLoss(mode),
+        "tversky": lambda: smp.losses.TverskyLoss(mode, from_logits=True),
+    }
+    names = cfg.loss.split("+")
+    if cfg.loss not in LOSSES and not all(n in parts for n in names):
+        raise PolypsegError(f"Unknown loss '{cfg.loss}'. Valid: {', '.join(LOSSES)} (or parts joined by '+').")
+    terms = torch.nn.ModuleList(parts[n]() for n in names)
+
+    class Sum(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.terms = terms
+
+        def forward(self, logits, target):
+            if mode == "multiclass":
+                target = target[:, 0].long()
+            return sum(t(logits, target) for t in self.terms)
+
+    return Sum()
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give each data loader worker's augmentation its own seed, derived from the run's seed."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2**32)
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR factor: linear warm-up to 1, then cosine decay to 0 at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class SegModule(L.LightningModule):
+    def __init__(self, cfg: Config, pretrained: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.model = build_model(cfg, load_weights=pretrained)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss = make_loss(cfg)
+        self._val: list[torch.Tensor] = []
+
+    def forward(self, x):
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def training_step(self, batch, _):
+        loss = self.loss(self(batch["image"]), batch["mask"])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=len(batch["image"]))
+        return loss
+
+    def validation_step(self, batch, _):
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["mask"])
+        self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
+        if self.cfg.classes == 1:
+            tp, fp, fn, tn = smp.metrics.get_stats(
+                logits.float(), batch["mask"].long(), mode="binary", threshold=self.cfg.threshold
+            )
+        else:
+            tp, fp, fn, tn = smp.metrics.get_stats(
+                logits.argmax(1, keepdim=True), batch["mask"].long(), mode="multiclass",
+                num_classes=self.cfg.classes,
+            )
+            tp, fp, fn, tn = (t[:, 1:].sum(1, keepdim=True) for t in (tp, fp, fn, tn))
+        tp, fp, fn = (t[:, 0].float() for t in (tp, fp, fn))
+        # Per-image Dice and IoU; an image with no polyp and none predicted counts as 1 (perfect).
+        dice = torch.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.ones_like(tp))
+        iou = torch.where(tp + fp + fn > 0, tp / (tp + fp + fn).clamp(min=1), torch.ones_like(tp))
+        n = torch.tensor(float(len(tp)), device=tp.device)
+        self._val.append(torch.stack([tp.sum(), fp.sum(), fn.sum(), dice.sum(), iou.sum(), n]))
+
+    def on_validation_epoch_end(self):
+        if not self._val:
+            return
+        total = torch.stack(self._val).sum(0)
+        self._val.clear()
+        total = self.all_gather(total)
+        if total.dim() == 2:  # one row per process under DDP
+            total = total.sum(0)
+        tp, fp, fn, dice_sum, iou_sum, n = total.tolist()
+        self.log("val_dice", dice_sum / max(n, 1), prog_bar=True, rank_zero_only=True)
+        self.log("val_iou", iou_sum / max(n, 1), rank_zero_only=True)
+        self.log("val_dice_micro", 2 * tp / max(2 * tp + fp + fn, 1), rank_zero_only=True)
+
+    def configure_optimizers(self):
+        enc = list(self.model.encoder.parameters())
+        enc_ids = {id(p) for p in enc}
+        rest = [p for p in self.model.parameters() if id(p) not in enc_ids]
+        opt = torch.optim.AdamW(
+            [{"params": enc, "lr": self.cfg.encoder_lr}, {"params": rest, "lr": self.cfg.lr}],
+            weight_decay=self.cfg.weight_decay,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.cfg.epochs))
+        warmup = min(total // 2, self.cfg.warmup_epochs * per_epoch)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class RunFolder(Callback):
+    """Writes the run folder after every epoch: metrics.csv, curve.png, last/best checkpoints, resume.ckpt.
+
+    Every file is replaced atomically, so killing the process at any moment (SIGKILL included) loses at
+    most the epoch in flight.
+    """
+
+    def __init__(self, run: Path, cfg: Config, has_val: bool):
+        self.run, self.cfg, self.has_val = run, cfg, has_val
+        self.best, self.best_epoch = -1.0, 0
+        self.rows: list[dict] = []
+        self.epoch_start = time.time()
+
+    def state_dict(self):
+        return {"best": self.best, "best_epoch": self.best_epoch, "rows": self.rows}
+
+    def load_state_dict(self, state):
+        self.best, self.best_epoch, self.rows = state["best"], state["best_epoch"], list(state["rows"])
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epoch_start = time.time()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        epoch = trainer.current_epoch + 1
+        row = {
+            "epoch": epoch,
+            "train_loss": m.get("train_loss", float("nan")),
+            "val_loss": m.get("val_loss", float("nan")),
+            "val_dice": m.get("val_dice", float("nan")),
+            "val_iou": m.get("val_iou", float("nan")),
+            "val_dice_micro": m.get("val_dice_micro", float("nan")),
+            "lr": trainer.optimizers[0].param_groups[1]["lr"],
+            "seconds": round(time.time() - self.epoch_start, 1),
+        }
+        score = row["val_dice"] if self.has_val else -row["train_loss"]
+        improved = score > self.best
+        if improved:
+            self.best, self.best_epoch = score, epoch
+        self.rows.append(row)
+        # Lightning's whole state (optimizer, scheduler, this callback's rows) for --resume is the commit
+        # point of the epoch: once it is in place, the epoch counts as done. Every rank takes part in
+        # save_checkpoint; rank 0 writes. The files after it are rewritten on resume if a kill stops them.
+        tmp = self.run / ".resume.ckpt.tmp"
+        trainer.save_checkpoint(tmp)
+        if not trainer.is_global_zero:
+            return
+        os.replace(tmp, self.run / "resume.ckpt")
+        self._write_outputs(pl_module.model, improved)
+        val = f"val Dice {row['val_dice']:.4f}  IoU {row['val_iou']:.4f}" if self.has_val else "no validation side"
+        print(
+            f"epoch {epoch:3d}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  {val}"
+            f"{'  (best)' if improved else ''}  {row['seconds']:.0f} s",
+            flush=True,
+        )
+
+    def on_train_start(self, trainer, pl_module):
+        # Resumed: the restored weights are those of the last finished epoch; make sure the files that
+        # follow resume.ckpt (which a kill may have cut short) show that epoch.
+        if self.rows and trainer.is_global_zero:
+            self._write_outputs(pl_module.model, self.best_epoch == self.rows[-1]["epoch"])
+
+    def _write_outputs(self, model, is_best: bool) -> None:
+        row = self.rows[-1]
+        metrics = {k: v for k, v in row.items() if k != "epoch"}
+        save_checkpoint(model, self.cfg, self.run / "last", epoch=row["epoch"], metrics=metrics)
+        if is_best:
+            save_checkpoint(model, self.cfg, self.run / "best", epoch=row["epoch"], metrics=metrics)
+        self._write_metrics()
+
+    def _write_metrics(self):
+        path = self.run / "metrics.csv"
+        fields = list(self.rows[0])
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(self.rows)
+
+        atomic_write(path, write)
+        plot_curves(self.rows, self.run / "curve.png")
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(epochs, [r["train_loss"] for r in rows], label="train")
+    a.plot(epochs, [r["val_loss"] for r in rows], label="validation")
+    a.set(xlabel="epoch", ylabel="loss", title="Loss")
+    a.legend()
+    b.plot(epochs, [r["val_dice"] for r in rows], label="per-image Dice")
+    b.plot(epochs, [r["val_iou"] for r in rows], label="per-image IoU")
+    b.set(xlabel="epoch", ylim=(0, 1), title="Validation (threshold 0.5)")
+    b.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def _resolve_split(cfg: Config, index):
+    if cfg.split:
+        split = load_split(cfg.split, fold=cfg.fold)
+    else:
+        split = make_split(index, cfg.split_strategy, seed=cfg.seed)
+        if split.folds is not None:  # kfold made on the fly: resolve the asked fold (default 0)
+            split = resolve_fold(split, cfg.fold or 0)
+    ids = {p.id for p in index.pairs}
+    missing = sorted(set(split.train + split.val + split.test) - ids)
+    if missing:
+        raise PolypsegError(
+            f"The split names {len(missing)} frame(s) that are not in {index.root} (e.g. {missing[:5]}). "
+            "Make the split from this dataset with `polypseg data split`."
+        )
+    if not split.train:
+        raise PolypsegError("The split has no training frames.")
+    return split
+
+
+def _trainer_settings(cfg: Config) -> dict:
+    gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    precision = cfg.precision if cfg.precision != "auto" else ("16-mixed" if gpu else "32-true")
+    devices: int | str | list[int] = cfg.devices
+    if isinstance(devices, str) and devices != "auto":
+        devices = [int(d) for d in devices.split(",")] if "," in devices else int(devices)
+    return dict(accelerator=cfg.accelerator, devices=devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
+                precision=precision)
+
+
+def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | Path | None = None,
+          progress: bool = True) -> Path:
+    """Train ``cfg`` into a new run folder ``out_dir``, or continue the run folder ``resume``.
+
+    Returns the run folder. The best checkpoint (by validation per-image Dice) is ``RUN/best``.
+    """
+    if resume is not None:
+        run = Path(resume)
+        if not (run / "config.json").is_file():
+            raise PolypsegError(f"'{run}' is not a run folder (no config.json). Pass the folder `train -o` made.")
+        cfg = Config.load(run / "config.json")
+        for stale in run.glob(".*.tmp"):  # a write the kill interrupted; its target is intact
+            stale.unlink()
+        ckpt = run / "resume.ckpt"
+        ckpt_path = str(ckpt) if ckpt.is_file() else None
+        if ckpt_path is None:
+            print(f"{run} has no finished epoch yet: starting it from the beginning.")
+    else:
+        if cfg is None or out_dir is None:
+            raise PolypsegError("train() needs a Config and an output folder, or resume=RUN.")
+        run = Path(out_dir)
+        if run.exists() and any(run.iterdir()):
+            raise PolypsegError(
+                f"Run folder '{run}' already exists and is not empty. Choose a new folder, or continue it "
+                f"with `polypseg train --resume {run}`."
+            )
+        ckpt_path = None
+
+    index = index_dataset(cfg.data)
+    split = _resolve_split(cfg, index)
+    by_id = {p.id: p for p in index.pairs}
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = SegModule(cfg, pretrained=ckpt_path is None)  # resume restores every weight anyway
+
+    run.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        cfg.save(run / "config.json")
+        save_split(split, run / "split.json")
+    print(split.summary())
+
+    train_ds = SegmentationDataset([by_id[i] for i in split.train], train_transform(cfg))
+    val_ds = SegmentationDataset([by_id[i] for i in split.val], eval_transform(cfg)) if split.val else None
+    loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                  pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker)
+    # drop_last: BatchNorm in DeepLabV3+'s ASPP pooling cannot take a batch of one in training
+    train_dl = DataLoader(train_ds, shuffle=True, drop_last=len(train_ds) > cfg.batch_size, **loader)
+    val_dl = DataLoader(val_ds, shuffle=False, **loader) if val_ds else None
+
+    callbacks: list[Callback] = [RunFolder(run, cfg, has_val=val_ds is not None)]
+    if cfg.patience > 0 and val_ds is not None:
+        callbacks.append(EarlyStopping(monitor="val_dice", mode="max", patience=cfg.patience))
+    trainer = L.Trainer(
+        **_trainer_settings(cfg),
+        max_epochs=cfg.epochs,
+        callbacks=callbacks,
+        logger=[CSVLogger(run, name="logs", version=""), TensorBoardLogger(run, name="logs", version="tb")],
+        enable_checkpointing=False,  # RunFolder writes checkpoints atomically
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        limit_train_batches=cfg.limit_batches,
+        limit_val_batches=cfg.limit_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        deterministic=not torch.cuda.is_available(),
+    )
+    trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
+    if trainer.is_global_zero and val_ds is not None and cfg.classes == 1:
+        _choose_threshold(run, [by_id[i] for i in split.val])
+    return run
+
+
+def _choose_threshold(run: Path, val_pairs) -> None:
+    """Pick the decision threshold on the validation side and store it in the checkpoints' config."""
+    from .metrics import choose_threshold
+    from .model import read_checkpoint_meta
+    from .predict import Predictor
+
+    predictor = Predictor(run / "best.safetensors")
+    threshold, _curve = choose_threshold(predictor, val_pairs)
+    for name in ("best", "last"):
+        model, cfg = load_checkpoint(run / f"{name}.safetensors")
+        meta = read_checkpoint_meta(run / f"{name}.safetensors")
+        save_checkpoint(model, cfg.replace(threshold=float(threshold)), run / name, epoch=meta["epoch"],
+                        metrics={**meta["metrics"], "threshold_from": "validation"})
+    print(f"decision threshold chosen on the validation side: {threshold:.2f}")

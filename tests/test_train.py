@@ -1,0 +1,159 @@
+"""Training: loss, schedule, one short run into a loadable run folder, resume after SIGKILL, DDP on CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from polypseg.config import Config, from_preset
+from polypseg.errors import PolypsegError
+from polypseg.model import load_checkpoint
+from polypseg.splits import save_split
+from polypseg.train import make_loss, train, warmup_cosine
+
+POLYPSEG = [sys.executable, "-m", "polypseg.cli"]
+
+
+def small_split(data_dir: Path, tmp_path: Path, train_ids, val_ids, test_ids=()) -> Path:
+    from polypseg.data import index_dataset
+    from polypseg.splits import make_split
+
+    split = make_split(index_dataset(data_dir), "random", train=len(train_ids), test=len(test_ids) or 1, seed=0)
+    split.train, split.val, split.test = list(train_ids), list(val_ids), list(test_ids)
+    path = tmp_path / "split.json"
+    save_split(split, path)
+    return path
+
+
+def rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 4, 20) == pytest.approx(0.25)
+    assert warmup_cosine(3, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine(4, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine(12, 4, 20) == pytest.approx(0.5)
+    assert warmup_cosine(20, 4, 20) == pytest.approx(0.0)
+
+
+def test_dice_bce_loss_is_lower_for_the_right_answer(tiny_config):
+    loss = make_loss(tiny_config)
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:6, 2:6] = 1
+    right = loss(target * 20 - 10, target)
+    wrong = loss(10 - target * 20, target)
+    assert right < 0.05 < 1.0 < wrong
+
+
+def test_unknown_loss_lists_valid_ones(tiny_config):
+    with pytest.raises(PolypsegError, match="dice\\+bce"):
+        make_loss(tiny_config.replace(loss="hinge"))
+
+
+def test_presets_and_overrides():
+    cfg = from_preset("cpu-fast", epochs=3)
+    assert cfg.encoder == "tu-tf_efficientnet_lite0" and cfg.epochs == 3
+    assert cfg.mean == (0.5, 0.5, 0.5)  # the Lite weights' own normalisation
+    seed = from_preset("seed")
+    assert (seed.arch, seed.encoder, seed.height, seed.width) == ("deeplabv3plus", "resnet50", 288, 384)
+    with pytest.raises(PolypsegError, match="cpu-fast"):
+        from_preset("fastest")
+    with pytest.raises(PolypsegError, match="multiple of 32"):
+        Config(height=100)
+
+
+def test_one_short_epoch_gives_a_loadable_run_folder(tmp_path, tiny_config, data_dir):
+    split = small_split(data_dir, tmp_path, ["001", "002", "030", "031"], ["060", "061"], ["090"])
+    cfg = tiny_config.replace(split=str(split), epochs=2)
+    run = train(cfg, tmp_path / "run", progress=False)
+    for name in ("config.json", "split.json", "metrics.csv", "curve.png", "best.safetensors", "best.json",
+                 "last.safetensors", "last.json", "resume.ckpt"):
+        assert (run / name).is_file(), name
+    assert [r["epoch"] for r in rows(run)] == ["1", "2"]
+    assert 0.0 <= float(rows(run)[-1]["val_dice"]) <= 1.0
+    meta = json.loads((run / "best.json").read_text())
+    assert meta["config"]["encoder"] == "tu-test_efficientnet"
+    assert meta["metrics"]["threshold_from"] == "validation"
+    model, loaded = load_checkpoint(run)
+    assert loaded.threshold == meta["config"]["threshold"]
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 96)).shape == (1, 1, 64, 96)
+    # the logs Lightning keeps: CSV and TensorBoard
+    assert list((run / "logs").rglob("metrics.csv")) and list((run / "logs").rglob("events.out.tfevents*"))
+
+
+def test_training_is_reproducible(tmp_path, tiny_config, data_dir):
+    split = small_split(data_dir, tmp_path, ["001", "002", "030", "031"], ["060", "061"])
+    cfg = tiny_config.replace(split=str(split), epochs=1)
+    a = train(cfg, tmp_path / "a", progress=False)
+    b = train(cfg, tmp_path / "b", progress=False)
+    assert rows(a)[0]["train_loss"] == rows(b)[0]["train_loss"]
+    assert (a / "best.safetensors").read_bytes() == (b / "best.safetensors").read_bytes()
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with pytest.raises(PolypsegError, match="--resume"):
+        train(tiny_config, run)
+
+
+def _cli_train(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(POLYPSEG + ["train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _tiny_flags(data_dir, split, run, epochs):
+    return ["--encoder", "tu-test_efficientnet", "--encoder-weights", "none", "--height", "64", "--width", "96",
+            "--batch-size", "2", "--num-workers", "0", "--data", str(data_dir), "--split", str(split),
+            "--epochs", str(epochs), "--accelerator", "cpu", "-o", str(run)]
+
+
+def test_resume_after_sigkill_continues_from_the_last_epoch(tmp_path, data_dir):
+    split = small_split(data_dir, tmp_path, ["001", "002", "030", "031"], ["060", "061"])
+    run = tmp_path / "run"
+    proc = _cli_train(_tiny_flags(data_dir, split, run, epochs=40))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.csv").is_file():
+        time.sleep(0.05)
+    assert (run / "metrics.csv").is_file(), proc.communicate()[0]
+    proc.send_signal(signal.SIGKILL)  # at whatever moment the run is in
+    proc.wait()
+    done = len(rows(run))
+    assert 1 <= done < 40
+    result = subprocess.run(POLYPSEG + ["train", "--resume", str(run)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first = int(re.search(r"epoch +(\d+)/40", result.stdout).group(1))
+    # it goes on after the last finished epoch: none is redone, at most the one in flight is lost
+    assert done + 1 <= first <= done + 2
+    assert [int(r["epoch"]) for r in rows(run)] == list(range(1, 41))
+    load_checkpoint(run)
+    assert not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_write_one_checkpoint(tmp_path, data_dir):
+    split = small_split(data_dir, tmp_path, ["001", "002", "030", "031", "050", "051", "070", "071"], ["090", "091"])
+    run = tmp_path / "run"
+    proc = _cli_train(_tiny_flags(data_dir, split, run, epochs=1) + ["--devices", "2", "--strategy", "ddp"])
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    assert len(rows(run)) == 1
+    assert sorted(p.name for p in run.glob("*.safetensors")) == ["best.safetensors", "last.safetensors"]
+    assert out.count("epoch   1/1") == 1  # one process reports and writes
+    load_checkpoint(run)

@@ -1,0 +1,134 @@
+"""Augmentation presets, frame geometry (fit, pad to /32, crop back) and the augmentation preview."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from polypseg.config import Config
+from polypseg.data import index_dataset, read_image, read_mask
+from polypseg.errors import PolypsegError
+from polypseg.transforms import (
+    eval_transform,
+    from_output,
+    preview,
+    preview_size,
+    to_input,
+    train_transform,
+)
+
+
+def _shown(x: np.ndarray, cfg: Config) -> np.ndarray:
+    """A normalised float H x W x 3 sample back to brightness in [0, 1]."""
+    return x * np.asarray(cfg.std, np.float32) + np.asarray(cfg.mean, np.float32)
+
+
+def _synthetic_pair() -> tuple[np.ndarray, np.ndarray]:
+    """A dark noisy frame that is bright exactly where its (asymmetric, off-centre) mask is 1."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((288, 384), np.uint8)
+    cv2.ellipse(mask, (240, 120), (70, 40), 25, 0, 360, 1, -1)
+    cv2.rectangle(mask, (60, 170), (120, 250), 1, -1)
+    image = rng.integers(25, 55, (288, 384, 3), dtype=np.uint8)
+    image[mask == 1] = 235
+    return image, mask
+
+
+def _real_pair(data_dir) -> tuple[np.ndarray, np.ndarray]:
+    """A real frame darkened, with its real polyp mask painted bright: real shapes, known truth."""
+    image = read_image(data_dir / "images" / "050.png")
+    mask, _ = read_mask(data_dir / "masks" / "050.png")
+    painted = (image * 0.35).astype(np.uint8)
+    painted[mask == 1] = 235
+    return painted, mask
+
+
+@pytest.mark.parametrize("preset", ["default", "light"])
+@pytest.mark.parametrize("source", ["synthetic", "real"])
+def test_train_augmentation_keeps_mask_on_the_bright_region(data_dir, preset, source):
+    image, mask = _synthetic_pair() if source == "synthetic" else _real_pair(data_dir)
+    cfg = Config(encoder="tu-test_efficientnet", encoder_weights="none", height=192, width=256, augment=preset)
+    transform = train_transform(cfg)
+    transform.set_random_seed(0)
+    plain = eval_transform(cfg)(image=image, mask=mask)["mask"]
+    kernel = np.ones((7, 7), np.uint8)  # blur and interpolation only touch the edges
+    moved = 0
+    for _ in range(30):
+        sample = transform(image=image, mask=mask)
+        assert sample["image"].shape == (192, 256, 3) and sample["mask"].shape == (192, 256)
+        assert set(np.unique(sample["mask"])) <= {0, 1}
+        bright = _shown(sample["image"], cfg).mean(axis=2) > 0.55
+        inside = cv2.erode(sample["mask"], kernel).astype(bool)
+        outside = cv2.erode(1 - sample["mask"], kernel).astype(bool)
+        assert inside.sum() > 100
+        assert bright[inside].mean() > 0.99
+        assert bright[outside].mean() < 0.01
+        moved += not np.array_equal(sample["mask"], plain)
+    assert moved >= 10  # the augmentation really moved things, so alignment was tested
+
+
+def test_eval_transform_gives_the_model_size_for_any_frame():
+    cfg = Config(encoder="tu-test_efficientnet", encoder_weights="none", height=64, width=96)
+    for h, w in [(288, 384), (576, 720), (100, 500), (270, 350), (500, 90)]:
+        sample = eval_transform(cfg)(image=np.zeros((h, w, 3), np.uint8), mask=np.zeros((h, w), np.uint8))
+        assert sample["image"].shape == (64, 96, 3)
+        assert sample["mask"].shape == (64, 96)
+
+
+@pytest.mark.parametrize("size", [(270, 350), (350, 270), (577, 721)])
+def test_to_input_pads_to_32_and_from_output_crops_back(size):
+    cfg = Config(encoder="tu-test_efficientnet", encoder_weights="none")  # 288 x 384
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = np.zeros((h, w, 3), np.uint8)
+    image[..., 0] = (255 * xx / (w - 1)).astype(np.uint8)
+    image[..., 1] = (255 * yy / (h - 1)).astype(np.uint8)
+    x, fitted = to_input(image, cfg)
+    assert x.dtype == np.float32 and x.shape[0] == 3
+    assert x.shape[1] % 32 == 0 and x.shape[2] % 32 == 0
+    assert fitted[0] <= x.shape[1] < fitted[0] + 32 and fitted[1] <= x.shape[2] < fitted[1] + 32
+    assert fitted[0] <= cfg.height and fitted[1] <= cfg.width
+    assert abs(fitted[0] / fitted[1] - h / w) < 0.02  # aspect kept
+    # Treat de-normalised channels as "probabilities": back at the frame's own size, they must line up.
+    for channel in (0, 1):
+        prob = x[channel] * cfg.std[channel] + cfg.mean[channel]
+        back = from_output(prob, fitted, (h, w))
+        assert back.shape == (h, w)
+        assert np.abs(back - image[..., channel] / 255.0).mean() < 0.01
+
+
+def test_unknown_augmentation_preset_is_refused(tiny_config, tmp_path):
+    with pytest.raises(PolypsegError, match="default, light, none"):
+        train_transform(tiny_config.replace(augment="heavy"))
+
+
+def test_preview_writes_a_png_grid_with_masks(data_dir, tiny_config, tmp_path):
+    pairs = index_dataset(data_dir).pairs
+    out = preview(pairs, tiny_config, tmp_path / "sub" / "preview.png", n=6, seed=0)
+    assert out == tmp_path / "sub" / "preview.png"
+    assert [p.name for p in out.parent.iterdir()] == ["preview.png"]  # no temporary file left behind
+    with Image.open(out) as png:
+        assert png.format == "PNG"
+        assert png.size == preview_size(6, tiny_config) == (3 * 240, 2 * (160 + 24) + 40)
+        pixels = np.asarray(png.convert("RGB")).astype(int)
+    green = (pixels[..., 1] > 200) & (pixels[..., 0] < 80) & (pixels[..., 2] < 80)
+    assert green.sum() > 50  # mask contours drawn
+
+    again = preview(pairs, tiny_config, tmp_path / "again.png", n=6, seed=0)
+    other = preview(pairs, tiny_config, tmp_path / "other.png", n=6, seed=1)
+    with Image.open(again) as a, Image.open(other) as b:
+        assert np.array_equal(np.asarray(a.convert("RGB")), pixels)  # same seed, same picture
+        assert not np.array_equal(np.asarray(b.convert("RGB")), pixels)
+
+
+def test_preview_refuses_bad_requests(data_dir, tiny_config, tmp_path):
+    pairs = index_dataset(data_dir).pairs
+    with pytest.raises(PolypsegError, match=r"\.png"):
+        preview(pairs, tiny_config, tmp_path / "preview.jpg")
+    with pytest.raises(PolypsegError, match="no image/mask pairs"):
+        preview([], tiny_config, tmp_path / "preview.png")
+    with pytest.raises(PolypsegError, match="Unknown augmentation preset"):
+        preview(pairs, tiny_config.replace(augment="heavy"), tmp_path / "preview.png")
+    assert not (tmp_path / "preview.png").exists()
