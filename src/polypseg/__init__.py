@@ -1,3 +1,40 @@
-"""polypseg: polyp segmentation in colonoscopy images and video."""
+"""polypseg: polyp segmentation in colonoscopy images and video.
+
+The Python API is a few calls::
+
+    import polypseg
+    cfg = polypseg.from_preset("cpu-fast", data="../shared/data/cvc-clinicdb")
+    run = polypseg.train(cfg, "runs/first")            # a run folder
+    model, cfg = polypseg.load_model(run)               # an smp nn.Module and its Config
+    predictor = polypseg.Predictor(run)                 # RGB frame of any size -> probability map
+    summary = polypseg.evaluate(run)                    # metrics + report of the split's test side
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# name -> module: imported on first use, so that `polypseg data check` does not pay for torch.
+_API = {
+    "Config": "config",
+    "from_preset": "config",
+    "PRESETS": "config",
+    "PolypsegError": "errors",
+    "train": "train",
+    "load_model": "model",
+    "build_model": "model",
+    "Predictor": "predict",
+    "evaluate": "evaluate",
+    "index_dataset": "data",
+    "make_split": "splits",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'polypseg' has no attribute {name!r}")
+    module = importlib.import_module(f".{_API[name]}", __name__)
+    return getattr(module, "load_checkpoint" if name == "load_model" else name)

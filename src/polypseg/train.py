@@ -30,9 +30,9 @@ from .splits import load_split, make_split, resolve_fold, save_split
 from .transforms import eval_transform, train_transform
 
 # Lightning's start-up tips and a deprecation inside its own code say nothing to a polypseg user.
-logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-warnings.filterwarnings("ignore", message=".*weights_only. was not set.*")
 
 LOSSES = ("dice+bce", "dice", "bce", "focal", "lovasz", "tversky")
 

@@ -1,0 +1,449 @@
+"""Segment video: decode -> infer -> encode as three stages joined by bounded queues.
+
+The source is a video file, a folder of frames, a camera index or a stream URL. Decoding and encoding
+run in their own threads (OpenCV releases the GIL), inference runs in the calling thread, so the
+pipeline goes as fast as the model. Outputs: an overlay video (mask fill and contour, polyp area and a
+live fps figure) and a CSV with one row per processed frame.
+
+Both outputs are written under temporary names and renamed at the end; the video writer is released
+in every case, so an error or Ctrl-C after the first frame still leaves a playable file with the frames
+done so far. A frame that cannot be decoded is counted and skipped. Live sources (cameras, streams)
+drop the oldest waiting frame when the model falls behind, so the overlay never lags further and
+further behind the scope.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .errors import PolypsegError
+from .predict import Predictor, check_threshold, frame_stats
+from .viz import GREEN, overlay
+
+CSV_FIELDS = ("frame", "polyp_present", "area_fraction", "mean_confidence", "latency_ms")
+FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
+DEFAULT_FPS = 25.0  # frame folders, and sources that do not say (colonoscopes run at 25-30 fps)
+QUEUE_SIZE = 4
+_END = object()  # ends a queue
+_BAD = object()  # a frame that could not be decoded
+
+
+@dataclass
+class VideoStats:
+    source: str
+    output: Path | None
+    csv: Path | None
+    frames: int = 0  # frames processed and written
+    skipped: int = 0  # frames that could not be decoded
+    dropped: int = 0  # live sources: frames dropped because the model fell behind
+    seconds: float = 0.0
+    size: tuple[int, int] | None = None  # (width, height) of the written video
+    interrupted: bool = False
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def fps(self) -> float:
+        """Frames per second through the whole pipeline (decode, inference, encode)."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def latency_median_ms(self) -> float:
+        return float(np.median(self.latencies_ms)) if self.latencies_ms else math.nan
+
+    @property
+    def latency_p90_ms(self) -> float:
+        return float(np.percentile(self.latencies_ms, 90)) if self.latencies_ms else math.nan
+
+    def __str__(self) -> str:
+        text = (f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} fps end to end; inference "
+                f"latency median {self.latency_median_ms:.1f} ms, p90 {self.latency_p90_ms:.1f} ms)")
+        if self.skipped:
+            text += f"; {self.skipped} frame(s) could not be decoded and were skipped"
+        if self.dropped:
+            text += f"; {self.dropped} frame(s) dropped because the model fell behind the live source"
+        if self.interrupted:
+            text += "; stopped by Ctrl-C"
+        return f"{text}\nvideo: {self.output}\nper-frame CSV: {self.csv}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# sources
+
+
+class _Source:
+    """Frames as ``(index, RGB uint8 array or _BAD)``; ``total`` is None when unknown."""
+
+    live = False
+    total: int | None = None
+    fps = DEFAULT_FPS
+
+    def frames(self) -> Iterator[tuple[int, object]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _FolderSource(_Source):
+    def __init__(self, folder: Path):
+        from .data import IMAGE_SUFFIXES, id_sort_key
+
+        self.paths = sorted(
+            (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+            key=lambda p: id_sort_key(p.stem),
+        )
+        if not self.paths:
+            raise PolypsegError(f"The folder {folder} holds no frames ({', '.join(IMAGE_SUFFIXES)}).")
+        self.total = len(self.paths)
+
+    def frames(self):
+        from .data import read_image
+
+        for i, path in enumerate(self.paths):
+            try:
+                yield i, read_image(path)
+            except PolypsegError:
+                yield i, _BAD
+
+
+class _CaptureSource(_Source):
+    """cv2.VideoCapture: a file, a camera or a stream."""
+
+    MAX_BAD_RUN = 25  # consecutive failed reads before a known-length file is taken as ended
+
+    def __init__(self, target: int | str, what: str, live: bool):
+        self.cap = cv2.VideoCapture(target)
+        if not self.cap.isOpened():
+            self.cap.release()
+            raise PolypsegError(
+                f"Cannot open {what}. "
+                + ("Check the camera index and that no other program uses it." if isinstance(target, int) else
+                   "It is not a video OpenCV's FFmpeg can read, or not reachable. Convert it (e.g. ffmpeg -i IN "
+                   "-c:v libx264 OUT.mp4) or give a folder of frames.")
+            )
+        count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.total = count if count > 0 and not live else None
+        self.live = live
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if 1 <= fps <= 240 else DEFAULT_FPS
+
+    def frames(self):
+        i, bad_run = 0, 0
+        while True:
+            ok, frame = self.cap.read()
+            if ok and frame is not None:
+                # Failed reads followed by a good frame were undecodable frames, not the end.
+                for k in range(bad_run):
+                    yield i - bad_run + k, _BAD
+                bad_run = 0
+                yield i, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            elif self.total is not None and i < self.total and bad_run < self.MAX_BAD_RUN:
+                bad_run += 1
+            else:
+                return
+            i += 1
+
+    def close(self):
+        self.cap.release()
+
+
+def open_source(source: str | int | Path) -> _Source:
+    """A video file, a folder of frames, a camera index (``0`` or ``"0"``) or a stream URL."""
+    text = str(source)
+    if isinstance(source, int) or text.isdigit():
+        return _CaptureSource(int(text), f"camera {text}", live=True)
+    if "://" in text:
+        return _CaptureSource(text, f"the stream {text}", live=True)
+    path = Path(source)
+    if path.is_dir():
+        return _FolderSource(path)
+    if not path.is_file():
+        raise PolypsegError(f"{path} does not exist. Give a video file, a folder of frames, a camera index or a URL.")
+    if path.stat().st_size == 0:
+        raise PolypsegError(f"The video {path} is empty (0 bytes).")
+    return _CaptureSource(str(path), f"the video {path}", live=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# drawing
+
+
+def draw_overlay(image: np.ndarray, mask: np.ndarray, area_fraction: float, fps: float | None) -> np.ndarray:
+    """The frame with the mask's fill and contour and a caption: polyp area and the live fps."""
+    out = overlay(image, mask)
+    scale = max(0.4, image.shape[1] / 900)
+    text = f"polyp {100 * area_fraction:.1f}%" + (f"  {fps:.1f} fps" if fps else "")
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    pad = max(2, int(4 * scale))
+    cv2.rectangle(out, (0, 0), (tw + 2 * pad, th + base + 2 * pad), (0, 0, 0), cv2.FILLED)
+    color = GREEN if area_fraction > 0 else (255, 255, 255)
+    cv2.putText(out, text, (pad, pad + th), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+    return out
+
+
+def _temp_beside(path: Path) -> Path:
+    """A fresh temporary name in ``path``'s folder with its suffix (OpenCV picks the container by it)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-", suffix=path.suffix)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_clip(frames: Iterable[np.ndarray], path: str | Path, fps: float = DEFAULT_FPS) -> Path:
+    """RGB frames (all of one size) -> a video file (mp4v for .mp4, MJPG for .avi), written atomically."""
+    path = Path(path)
+    fourcc = _fourcc(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(path)
+    writer = None
+    try:
+        for frame in frames:
+            if writer is None:
+                writer = cv2.VideoWriter(str(tmp), fourcc, fps, (frame.shape[1], frame.shape[0]))
+                if not writer.isOpened():
+                    raise PolypsegError(f"OpenCV cannot write {path}.")
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        if writer is None:
+            raise PolypsegError(f"No frames to write into {path}.")
+        writer.release()
+        os.replace(tmp, path)
+    finally:
+        if writer is not None:
+            writer.release()
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _fourcc(path: Path) -> int:
+    codec = FOURCC.get(path.suffix.lower())
+    if codec is None:
+        raise PolypsegError(f"Write the overlay video as {' or '.join(FOURCC)}, not '{path.name}'.")
+    return cv2.VideoWriter_fourcc(*codec)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the pipeline
+
+
+class _Encoder(threading.Thread):
+    """Draws, encodes and logs frames from ``inbox`` until it receives _END."""
+
+    def __init__(self, inbox: queue.Queue, video_tmp: Path, csv_tmp: Path, fourcc: int, fps: float,
+                 threshold: float, stats: VideoStats, progress: tqdm | None):
+        super().__init__(name="polypseg-encode", daemon=True)
+        self.inbox, self.video_tmp, self.csv_tmp = inbox, video_tmp, csv_tmp
+        self.fourcc, self.fps, self.threshold = fourcc, fps, threshold
+        self.stats, self.progress = stats, progress
+        self.error: BaseException | None = None
+        self.done_times: deque[float] = deque(maxlen=30)
+
+    def run(self) -> None:
+        writer = None
+        try:
+            with open(self.csv_tmp, "w", newline="") as f:
+                log = csv.DictWriter(f, fieldnames=CSV_FIELDS, lineterminator="\n")
+                log.writeheader()
+                while (item := self.inbox.get()) is not _END:
+                    index, image, prob, latency_ms = item
+                    if writer is None:
+                        writer = self._open(image)
+                    mask = prob >= self.threshold
+                    row = {"frame": index, **frame_stats(prob, mask), "latency_ms": round(latency_ms, 2)}
+                    self.done_times.append(time.perf_counter())
+                    frame = draw_overlay(image, mask, row["area_fraction"], self._live_fps())
+                    w, h = self.stats.size
+                    if frame.shape[:2] != (h, w):  # a frame folder with mixed sizes, or an odd size
+                        frame = frame[:h, :w] if frame.shape[0] >= h and frame.shape[1] >= w else cv2.resize(frame, (w, h))
+                    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+                    log.writerow(row)
+                    self.stats.frames += 1
+                    if self.progress is not None:
+                        self.progress.update(1)
+        except BaseException as err:  # reported by the main thread
+            self.error = err
+            # keep taking frames so that the inference stage never blocks on a full queue
+            while self.inbox.get() is not _END:
+                pass
+        finally:
+            if writer is not None:
+                writer.release()
+
+    def _open(self, image: np.ndarray):
+        # Even sizes: mp4v (MPEG-4 part 2, 4:2:0) cannot hold an odd width or height; crop one pixel.
+        h, w = image.shape[:2]
+        self.stats.size = (w - w % 2, h - h % 2)
+        writer = cv2.VideoWriter(str(self.video_tmp), self.fourcc, self.fps, self.stats.size)
+        if not writer.isOpened():
+            raise PolypsegError(f"OpenCV cannot write a {self.video_tmp.suffix} video into {self.video_tmp.parent}.")
+        return writer
+
+    def _live_fps(self) -> float | None:
+        t = self.done_times
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 5 and t[-1] > t[0] else None
+
+
+def _decode(source: _Source, outbox: queue.Queue, stop: threading.Event, max_frames: int | None,
+            stats: VideoStats, errors: list) -> None:
+    """Decoder thread: frames into ``outbox``; counts undecodable ones; live sources drop the oldest."""
+    try:
+        taken = 0
+        for index, image in source.frames():
+            if stop.is_set():
+                break
+            if image is _BAD:
+                stats.skipped += 1
+                continue
+            taken += 1
+            item = (index, image)
+            if source.live:
+                while True:
+                    try:
+                        outbox.put_nowait(item)
+                        break
+                    except queue.Full:
+                        try:
+                            outbox.get_nowait()
+                            stats.dropped += 1
+                        except queue.Empty:
+                            pass
+            else:
+                while not stop.is_set():
+                    try:
+                        outbox.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+            if max_frames is not None and taken >= max_frames:
+                break
+    except BaseException as err:
+        errors.append(err)
+    finally:
+        source.close()
+        while True:  # the end marker must get through even if the queue is full
+            try:
+                outbox.put(_END, timeout=0.1)
+                break
+            except queue.Full:
+                if stop.is_set():
+                    try:
+                        outbox.get_nowait()
+                    except queue.Empty:
+                        pass
+
+
+def run_video(
+    source: str | int | Path,
+    checkpoint: str | Path | None = None,
+    out_path: str | Path = "overlay.mp4",
+    backend: str = "torch",
+    device: str = "cpu",
+    csv_path: str | Path | None = None,
+    max_frames: int | None = None,
+    show_progress: bool = True,
+    tta: bool = False,
+    threshold: float | None = None,
+    onnx_path: str | Path | None = None,
+    threads: int | None = None,
+    fps: float | None = None,
+    predictor: Predictor | None = None,
+) -> VideoStats:
+    """Segment every frame of ``source`` and write the overlay video ``out_path`` (.mp4: mp4v, .avi:
+    MJPG) at the source's frame rate (``fps`` overrides; frame folders: 25) and the per-frame CSV
+    ``csv_path`` (default: beside the video, ``.csv``) with columns frame (index in the source),
+    polyp_present, area_fraction, mean_confidence (mean probability inside the mask) and latency_ms
+    (preprocessing + network + resizing back, for that frame).
+
+    ``predictor`` reuses a loaded model (``checkpoint``, ``backend``, ``device``, ``tta``,
+    ``onnx_path`` and ``threads`` are then ignored). Ctrl-C stops the run and keeps what was done
+    (``interrupted`` in the returned stats). A source with no decodable frame raises PolypsegError and
+    leaves no file behind.
+    """
+    check_threshold(threshold)
+    if max_frames is not None and max_frames < 1:
+        raise PolypsegError(f"--max-frames must be 1 or more, got {max_frames}.")
+    out = Path(out_path)
+    fourcc = _fourcc(out)
+    csv_out = Path(csv_path) if csv_path is not None else out.with_suffix(".csv")
+    if out.resolve() == csv_out.resolve():
+        raise PolypsegError("The video and the CSV need different file names.")
+    for p in (out, csv_out):
+        if p.is_dir():
+            raise PolypsegError(f"{p} is a folder; give a file name.")
+    src = open_source(source)
+    try:
+        if predictor is None:
+            predictor = Predictor(checkpoint, device=device, tta=tta, backend=backend, onnx_path=onnx_path,
+                                  threads=threads)
+    except BaseException:
+        src.close()
+        raise
+    t = predictor.threshold if threshold is None else threshold
+    stats = VideoStats(source=str(source), output=out, csv=csv_out)
+    total = src.total if max_frames is None or src.total is None else min(src.total, max_frames)
+    for p in (out, csv_out):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    video_tmp, csv_tmp = _temp_beside(out), _temp_beside(csv_out)
+    progress = tqdm(total=total, desc="video", unit="frame") if show_progress and total else None
+
+    frames_in: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+    frames_out: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+    stop = threading.Event()
+    decode_errors: list[BaseException] = []
+    decoder = threading.Thread(target=_decode, args=(src, frames_in, stop, max_frames, stats, decode_errors),
+                               name="polypseg-decode", daemon=True)
+    encoder = _Encoder(frames_out, video_tmp, csv_tmp, fourcc, fps or src.fps, t, stats, progress)
+    error: BaseException | None = None
+    start = time.perf_counter()
+    decoder.start()
+    encoder.start()
+    try:
+        while (item := frames_in.get()) is not _END:
+            index, image = item
+            begin = time.perf_counter()
+            prob = predictor.predict_prob(image)
+            latency = 1000 * (time.perf_counter() - begin)
+            stats.latencies_ms.append(latency)
+            frames_out.put((index, image, prob, latency))
+            if encoder.error is not None:
+                break
+    except KeyboardInterrupt:
+        stats.interrupted = True
+    except BaseException as err:
+        error = err
+    finally:
+        stop.set()
+        frames_out.put(_END)  # the encoder finishes the frames it has, then releases the writer
+        encoder.join()
+        decoder.join(timeout=5)
+        stats.seconds = time.perf_counter() - start
+        if progress is not None:
+            progress.close()
+        error = error or encoder.error or (decode_errors[0] if decode_errors else None)
+        if stats.frames > 0:
+            os.replace(video_tmp, out)
+            os.replace(csv_tmp, csv_out)
+        else:
+            video_tmp.unlink(missing_ok=True)
+            csv_tmp.unlink(missing_ok=True)
+    if error is not None:
+        raise error
+    if stats.frames == 0 and not stats.interrupted:
+        if stats.skipped:
+            raise PolypsegError(
+                f"None of the {stats.skipped} frame(s) of {source} could be decoded; nothing was written."
+            )
+        raise PolypsegError(f"{source} holds no frames; nothing was written.")
+    return stats
