@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 import textwrap
 from pathlib import Path
@@ -129,11 +130,11 @@ def _train(args) -> int:
                 "--resume continues a run with its own config.json; drop the other flags "
                 f"({', '.join(given + (['preset'] if args.preset else []) + (['output'] if args.output else []))})."
             )
-        run = train(None, resume=args.resume)
+        run = train(None, resume=args.resume, progress=sys.stderr.isatty())
     else:
         if not args.output:
             raise PolypsegError("Say where the run goes with -o RUN_DIR (or continue one with --resume RUN_DIR).")
-        run = train(_config_from_args(args), out_dir=args.output)
+        run = train(_config_from_args(args), out_dir=args.output, progress=sys.stderr.isatty())
     print(f"run folder: {run}")
     return 0
 
@@ -161,7 +162,8 @@ def _predict(args) -> int:
 
     written = predict_paths(
         args.inputs, args.run, args.output, backend=args.backend, device=args.device,
-        save_prob=args.save_prob, tta=args.tta, threshold=args.threshold,
+        save_prob=args.save_prob and args.prob_format, tta=args.tta, threshold=args.threshold, onnx_path=args.onnx,
+        threads=args.threads,
     )
     print(f"{len(written)} image(s) written to {args.output}")
     return 0
@@ -173,6 +175,7 @@ def _video(args) -> int:
     stats = run_video(
         args.source, args.run, args.output, backend=args.backend, device=args.device,
         csv_path=args.csv, max_frames=args.max_frames, show_progress=not args.no_progress,
+        onnx_path=args.onnx, threads=args.threads,
     )
     print(stats)
     return 0
@@ -181,15 +184,14 @@ def _video(args) -> int:
 def _export(args) -> int:
     from .export import export_onnx
 
-    path = export_onnx(args.run, out_path=args.output, int8=args.int8, data=args.data)
-    print(f"written: {path}")
+    export_onnx(args.run, out_path=args.output, int8=args.int8, data=args.data)  # prints the check and paths
     return 0
 
 
 def _benchmark(args) -> int:
     from .export import benchmark
 
-    benchmark(quick=args.quick, data=args.data)
+    benchmark(quick=args.quick, data=args.data, int8=args.int8, threads=args.threads)
     return 0
 
 
@@ -262,13 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     def infer_flags(q):
         q.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
         q.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
-        q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (torch backend)")
+        q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (onnxruntime: needs onnxruntime-gpu)")
+        q.add_argument("--onnx", metavar="FILE", help="ONNX file for --backend onnxruntime, e.g. RUN/best.int8.onnx "
+                       "(default: RUN/best.onnx from `polypseg export`, else exported in memory)")
+        q.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
 
     pr = sub.add_parser("predict", help="masks and overlays for images or folders of images")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("-o", "--output", required=True, help="output folder")
     infer_flags(pr)
     pr.add_argument("--save-prob", action="store_true", help="also write the probability map")
+    pr.add_argument("--prob-format", choices=["png", "npy"], default="png",
+                    help="probability map as 8-bit PNG (x 255) or float32 .npy (default png)")
     pr.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
     pr.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
     pr.set_defaults(func=_predict)
@@ -285,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a run to ONNX (dynamic height and width)")
     x.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
     x.add_argument("--format", default="onnx", choices=["onnx"])
-    x.add_argument("-o", "--output", help="ONNX file (default: RUN/model.onnx)")
+    x.add_argument("-o", "--output", help="ONNX file (default: beside the checkpoint, RUN/best.onnx)")
     x.add_argument("--int8", action="store_true", help="also int8 static quantisation, calibrated on training frames")
     x.add_argument("--data", help="dataset folder for the check and calibration (default: the run's)")
     x.set_defaults(func=_export)
@@ -293,12 +300,21 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("benchmark", help="latency and fps: torch eager vs ONNX Runtime, and the video pipeline")
     b.add_argument("--quick", action="store_true", help="few iterations")
     b.add_argument("--data", default=DEFAULT_DATA, help="frames for the video pipeline clip")
+    b.add_argument("--int8", action="store_true", help="also time int8 ONNX models (static quantisation)")
+    b.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
     b.set_defaults(func=_benchmark)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # polypseg's own notes (e.g. how many encoder tensors were loaded) go to stderr; other libraries keep theirs.
+    log = logging.getLogger("polypseg")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("polypseg: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         return args.func(args)
     except PolypsegError as err:

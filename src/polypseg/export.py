@@ -203,6 +203,7 @@ def export_onnx(
     check_frames: int = 4,
     data: str | Path | None = None,
     calibration_frames: int = 64,
+    compare_frames: int | None = None,
     dynamo: bool | None = None,
     verbose: bool = True,
 ) -> Path:
@@ -214,7 +215,8 @@ def export_onnx(
     at two input sizes; the max abs difference of probabilities is printed (``verbose``) and must be
     below 1e-3. With ``int8`` a statically quantised copy is also written (``NAME.int8.onnx``,
     calibrated on ``calibration_frames`` training frames), its test Dice and speed are compared with
-    the fp32 file (``compare_int8``), and its path is returned.
+    the fp32 file (``compare_int8`` on ``compare_frames`` test frames, default all), and its path is
+    returned.
     """
     say: Callable[[str], None] = print if verbose else (lambda _: None)
     weights = resolve_model(checkpoint)
@@ -248,7 +250,7 @@ def export_onnx(
         raise PolypsegError(f"int8 calibration needs training frames: {err} Pass the dataset with --data.") from None
     quantize_int8(out, target, _calibration_inputs(calib_pairs, cfg, calibration_frames), calib_where)
     say(f"written: {target} (int8, calibrated on {min(calibration_frames, len(calib_pairs))} frames, {calib_where})")
-    say(format_int8_report(compare_int8(weights, out, target, data=data)))
+    say(format_int8_report(compare_int8(weights, out, target, data=data, max_frames=compare_frames)))
     return target
 
 
@@ -411,7 +413,7 @@ def benchmark(
     pairs = index_dataset(data).pairs
     frames = [read_image(p.image) for p in _spread(pairs, 8)]
     say: Callable[[str], None] = print if verbose else (lambda _: None)
-    header = (f"CPU: {_cpu_name()}, {cpu_cores()} cores available, {threads} threads; torch {torch.__version__}, "
+    header = (f"CPU: {_cpu_name()}, {cpu_cores()} cores available, {threads} inference thread(s); torch {torch.__version__}, "
               f"onnxruntime {ort.__version__}; DeepLabV3+ at {height}x{width}, batch 1, random weights; "
               f"{iterations} timed frames after {warmup} warm-up")
     say(header)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .config import Config
 from .errors import PolypsegError
 from .files import atomic_write, atomic_write_text
-from .model import load_checkpoint, read_checkpoint_meta, resolve_checkpoint
+from .model import load_checkpoint, resolve_checkpoint
 from .transforms import from_output, to_input
 from .viz import overlay
 
@@ -200,16 +200,26 @@ class Predictor:
                 t = t.contiguous(memory_format=torch.channels_last)
             return torch.sigmoid(self.model(t))[:, 0].float().cpu().numpy()
 
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """RGB uint8 H x W x 3 -> (normalised 3 x H' x W' input padded to /32, fitted size): step 1 of 3."""
+        return to_input(image, self.config)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """One prepared input -> its padded H' x W' probabilities (averaged over flips with TTA): step 2."""
+        if not self.tta:
+            return self.forward(x[None])[0]
+        p = self.forward(np.ascontiguousarray(np.stack([x, x[:, :, ::-1], x[:, ::-1, :]])))
+        return (p[0] + p[1][:, ::-1] + p[2][::-1, :]) / 3
+
+    @staticmethod
+    def finish(prob: np.ndarray, fitted: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
+        """Padded probabilities -> float32 probabilities at the frame's own size: step 3."""
+        return from_output(np.ascontiguousarray(prob, dtype=np.float32), fitted, image_hw)
+
     def predict_prob(self, image: np.ndarray) -> np.ndarray:
         """RGB uint8 H x W x 3 -> float32 H x W probabilities of 'polyp'."""
-        x, fitted = to_input(image, self.config)
-        if self.tta:
-            flips = np.stack([x, x[:, :, ::-1], x[:, ::-1, :]])
-            p = self.forward(np.ascontiguousarray(flips))
-            prob = (p[0] + p[1][:, ::-1] + p[2][::-1, :]) / 3
-        else:
-            prob = self.forward(x[None])[0]
-        return from_output(np.ascontiguousarray(prob, dtype=np.float32), fitted, image.shape[:2])
+        x, fitted = self.prepare(image)
+        return self.finish(self.infer(x), fitted, image.shape[:2])
 
     def predict_mask(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """RGB uint8 H x W x 3 -> bool H x W polyp mask at the model's (or the given) threshold."""
@@ -247,37 +257,34 @@ def check_threshold(threshold: float | None) -> None:
 PROB_FORMATS = ("png", "npy")
 
 
-def _image_suffixes() -> tuple[str, ...]:
-    from .data import IMAGE_SUFFIXES
+def folder_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (not hidden ones), numbered names in numeric order."""
+    from .data import IMAGE_SUFFIXES, _image_files, id_sort_key
 
-    return IMAGE_SUFFIXES
+    try:
+        files = _image_files(folder)
+    except PolypsegError as err:
+        below = [p.name for p in sorted(folder.iterdir())
+                 if p.is_dir() and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir())]
+        if below:
+            raise PolypsegError(f"{err} Its sub-folders {', '.join(below)} hold images: name one of them.") from None
+        raise
+    return [files[k] for k in sorted(files, key=id_sort_key)]
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+def collect_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
     """Image files named directly or found in the named folders (not recursive), in a stable order."""
-    from .data import id_sort_key
+    from .data import IMAGE_SUFFIXES
 
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    suffixes = _image_suffixes()
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            images = sorted(
-                (p for p in item.iterdir() if p.is_file() and p.suffix.lower() in suffixes),
-                key=lambda p: id_sort_key(p.stem),
-            )
-            if not images:
-                below = [p.name for p in sorted(item.iterdir()) if p.is_dir()
-                         and any(q.suffix.lower() in suffixes for q in p.iterdir())]
-                hint = f" Its sub-folders {', '.join(below)} hold images: name one of them." if below else ""
-                raise PolypsegError(
-                    f"The folder {item} holds no images ({', '.join(suffixes)}).{hint}"
-                )
-            found += images
+            found += folder_images(item)
         elif item.is_file():
-            if item.suffix.lower() not in suffixes:
-                raise PolypsegError(f"{item} is not an image file polypseg reads ({', '.join(suffixes)}).")
+            if item.suffix.lower() not in IMAGE_SUFFIXES:
+                raise PolypsegError(f"{item} is not an image file polypseg reads ({', '.join(IMAGE_SUFFIXES)}).")
             found.append(item)
         else:
             raise PolypsegError(f"{item} does not exist. Give image files or folders of images.")
@@ -320,6 +327,7 @@ def predict_paths(
     tta: bool = False,
     threshold: float | None = None,
     onnx_path: str | Path | None = None,
+    threads: int | None = None,
     show_progress: bool = True,
 ) -> list[Path]:
     """Predict every image of ``inputs`` (files or folders of images) and write into ``out_dir``:
@@ -338,7 +346,7 @@ def predict_paths(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise PolypsegError(f"{out} is a file; give a folder for the predictions (-o).")
-    predictor = Predictor(checkpoint, device=device, tta=tta, backend=backend, onnx_path=onnx_path)
+    predictor = Predictor(checkpoint, device=device, tta=tta, backend=backend, onnx_path=onnx_path, threads=threads)
     t = predictor.threshold if threshold is None else threshold
     from .data import read_image
 

@@ -200,11 +200,13 @@ class RunFolder(Callback):
         os.replace(tmp, self.run / "resume.ckpt")
         self._write_outputs(pl_module.model, improved)
         val = f"val Dice {row['val_dice']:.4f}  IoU {row['val_iou']:.4f}" if self.has_val else "no validation side"
-        print(
-            f"epoch {epoch:3d}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  {val}"
-            f"{'  (best)' if improved else ''}  {row['seconds']:.0f} s",
-            flush=True,
-        )
+        line = (f"epoch {epoch:3d}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  {val}"
+                f"{'  (best)' if improved else ''}  {row['seconds']:.0f} s")
+        bar = trainer.progress_bar_callback
+        if bar is not None:
+            bar.print(line)  # a line of its own above the progress bar
+        else:
+            print(line, flush=True)
 
     def on_train_start(self, trainer, pl_module):
         # Resumed: the restored weights are those of the last finished epoch; make sure the files that
@@ -274,6 +276,12 @@ def _resolve_split(cfg: Config, index):
     return split
 
 
+def _is_primary() -> bool:
+    """False in the processes a DDP launcher (Lightning's, torchrun, SLURM) starts besides rank 0: they run
+    `train` again from the top and must neither refuse the run folder rank 0 made nor write into it."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def _trainer_settings(cfg: Config) -> dict:
     gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
     precision = cfg.precision if cfg.precision != "auto" else ("16-mixed" if gpu else "32-true")
@@ -305,7 +313,7 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
         if cfg is None or out_dir is None:
             raise PolypsegError("train() needs a Config and an output folder, or resume=RUN.")
         run = Path(out_dir)
-        if run.exists() and any(run.iterdir()):
+        if _is_primary() and run.exists() and any(run.iterdir()):
             raise PolypsegError(
                 f"Run folder '{run}' already exists and is not empty. Choose a new folder, or continue it "
                 f"with `polypseg train --resume {run}`."
@@ -319,10 +327,11 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
     module = SegModule(cfg, pretrained=ckpt_path is None)  # resume restores every weight anyway
 
     run.mkdir(parents=True, exist_ok=True)
-    if resume is None:
-        cfg.save(run / "config.json")
-        save_split(split, run / "split.json")
-    print(split.summary())
+    if _is_primary():
+        if resume is None:
+            cfg.save(run / "config.json")
+            save_split(split, run / "split.json")
+        print(split.summary())
 
     train_ds = SegmentationDataset([by_id[i] for i in split.train], train_transform(cfg))
     val_ds = SegmentationDataset([by_id[i] for i in split.val], eval_transform(cfg)) if split.val else None

@@ -31,10 +31,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import PolypsegError
-from .predict import Predictor, check_threshold, frame_stats
+from .predict import STATS_FIELDS, Predictor, check_threshold, folder_images, frame_stats
 from .viz import GREEN, overlay
 
-CSV_FIELDS = ("frame", "polyp_present", "area_fraction", "mean_confidence", "latency_ms")
+CSV_FIELDS = ("frame", *STATS_FIELDS, "latency_ms")
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
 DEFAULT_FPS = 25.0  # frame folders, and sources that do not say (colonoscopes run at 25-30 fps)
 QUEUE_SIZE = 4
@@ -100,14 +100,7 @@ class _Source:
 
 class _FolderSource(_Source):
     def __init__(self, folder: Path):
-        from .data import IMAGE_SUFFIXES, id_sort_key
-
-        self.paths = sorted(
-            (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-            key=lambda p: id_sort_key(p.stem),
-        )
-        if not self.paths:
-            raise PolypsegError(f"The folder {folder} holds no frames ({', '.join(IMAGE_SUFFIXES)}).")
+        self.paths = folder_images(folder)
         self.total = len(self.paths)
 
     def frames(self):
@@ -202,6 +195,11 @@ def _temp_beside(path: Path) -> Path:
     return Path(tmp)
 
 
+def _publish(tmp: Path, path: Path) -> None:
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are shared like any other file
+    os.replace(tmp, path)
+
+
 def write_clip(frames: Iterable[np.ndarray], path: str | Path, fps: float = DEFAULT_FPS) -> Path:
     """RGB frames (all of one size) -> a video file (mp4v for .mp4, MJPG for .avi), written atomically."""
     path = Path(path)
@@ -219,7 +217,7 @@ def write_clip(frames: Iterable[np.ndarray], path: str | Path, fps: float = DEFA
         if writer is None:
             raise PolypsegError(f"No frames to write into {path}.")
         writer.release()
-        os.replace(tmp, path)
+        _publish(tmp, path)
     finally:
         if writer is not None:
             writer.release()
@@ -257,9 +255,13 @@ class _Encoder(threading.Thread):
                 log = csv.DictWriter(f, fieldnames=CSV_FIELDS, lineterminator="\n")
                 log.writeheader()
                 while (item := self.inbox.get()) is not _END:
-                    index, image, prob, latency_ms = item
+                    index, image, padded, fitted, latency_ms = item
                     if writer is None:
                         writer = self._open(image)
+                    begin = time.perf_counter()
+                    prob = Predictor.finish(padded, fitted, image.shape[:2])
+                    latency_ms += 1000 * (time.perf_counter() - begin)
+                    self.stats.latencies_ms.append(latency_ms)
                     mask = prob >= self.threshold
                     row = {"frame": index, **frame_stats(prob, mask), "latency_ms": round(latency_ms, 2)}
                     self.done_times.append(time.perf_counter())
@@ -295,9 +297,10 @@ class _Encoder(threading.Thread):
         return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 5 and t[-1] > t[0] else None
 
 
-def _decode(source: _Source, outbox: queue.Queue, stop: threading.Event, max_frames: int | None,
+def _decode(source: _Source, prepare, outbox: queue.Queue, stop: threading.Event, max_frames: int | None,
             stats: VideoStats, errors: list) -> None:
-    """Decoder thread: frames into ``outbox``; counts undecodable ones; live sources drop the oldest."""
+    """Decoder thread: frames, prepared for the network, into ``outbox``; counts undecodable ones; live
+    sources drop the oldest waiting frame when the queue is full."""
     try:
         taken = 0
         for index, image in source.frames():
@@ -307,7 +310,9 @@ def _decode(source: _Source, outbox: queue.Queue, stop: threading.Event, max_fra
                 stats.skipped += 1
                 continue
             taken += 1
-            item = (index, image)
+            begin = time.perf_counter()
+            x, fitted = prepare(image)
+            item = (index, image, x, fitted, 1000 * (time.perf_counter() - begin))
             if source.live:
                 while True:
                     try:
@@ -364,7 +369,9 @@ def run_video(
     MJPG) at the source's frame rate (``fps`` overrides; frame folders: 25) and the per-frame CSV
     ``csv_path`` (default: beside the video, ``.csv``) with columns frame (index in the source),
     polyp_present, area_fraction, mean_confidence (mean probability inside the mask) and latency_ms
-    (preprocessing + network + resizing back, for that frame).
+    (preprocessing + network + resizing back, for that frame; time waiting in queues not included).
+    Preprocessing runs in the decoder thread and resizing back in the encoder thread, so the calling
+    thread does nothing but run the network.
 
     ``predictor`` reuses a loaded model (``checkpoint``, ``backend``, ``device``, ``tta``,
     ``onnx_path`` and ``threads`` are then ignored). Ctrl-C stops the run and keeps what was done
@@ -398,12 +405,15 @@ def run_video(
     video_tmp, csv_tmp = _temp_beside(out), _temp_beside(csv_out)
     progress = tqdm(total=total, desc="video", unit="frame") if show_progress and total else None
 
-    frames_in: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+    # A live source keeps at most one frame waiting, so that the overlay shows the newest frame.
+    frames_in: queue.Queue = queue.Queue(maxsize=1 if src.live else QUEUE_SIZE)
     frames_out: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
     stop = threading.Event()
     decode_errors: list[BaseException] = []
-    decoder = threading.Thread(target=_decode, args=(src, frames_in, stop, max_frames, stats, decode_errors),
-                               name="polypseg-decode", daemon=True)
+    decoder = threading.Thread(
+        target=_decode, args=(src, predictor.prepare, frames_in, stop, max_frames, stats, decode_errors),
+        name="polypseg-decode", daemon=True,
+    )
     encoder = _Encoder(frames_out, video_tmp, csv_tmp, fourcc, fps or src.fps, t, stats, progress)
     error: BaseException | None = None
     start = time.perf_counter()
@@ -411,12 +421,11 @@ def run_video(
     encoder.start()
     try:
         while (item := frames_in.get()) is not _END:
-            index, image = item
+            index, image, x, fitted, latency = item
             begin = time.perf_counter()
-            prob = predictor.predict_prob(image)
-            latency = 1000 * (time.perf_counter() - begin)
-            stats.latencies_ms.append(latency)
-            frames_out.put((index, image, prob, latency))
+            padded = predictor.infer(x)
+            latency += 1000 * (time.perf_counter() - begin)
+            frames_out.put((index, image, padded, fitted, latency))
             if encoder.error is not None:
                 break
     except KeyboardInterrupt:
@@ -433,8 +442,8 @@ def run_video(
             progress.close()
         error = error or encoder.error or (decode_errors[0] if decode_errors else None)
         if stats.frames > 0:
-            os.replace(video_tmp, out)
-            os.replace(csv_tmp, csv_out)
+            _publish(video_tmp, out)
+            _publish(csv_tmp, csv_out)
         else:
             video_tmp.unlink(missing_ok=True)
             csv_tmp.unlink(missing_ok=True)

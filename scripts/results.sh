@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Train and evaluate every row of docs/results.md, one after the other (about two hours on 2 CPU cores).
+# Each row is one `polypseg reproduce` command; the table is printed at the end.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DATA="${DATA:-../shared/data/cvc-clinicdb}"
+OUT="${OUT:-runs/results}"
+mkdir -p "$OUT"
+r() { name=$1; shift; [ -f "$OUT/$name/eval-test/summary.json" ] && return 0
+      .venv/bin/polypseg reproduce --data "$DATA" -o "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1 || echo "failed: $name"; }
+r lite0-sequence  --preset cpu-fast
+r lite0-random    --preset cpu-fast --split-strategy random
+r lite0-pranet    --preset cpu-fast --split-strategy pranet
+r unet-lite0-sequence --preset cpu-fast --arch unet
+r lite2-sequence  --preset cpu-fast --encoder tu-tf_efficientnet_lite2
+# ResNet-50 has no ImageNet weights offline: from scratch, and 10 epochs (it is 2.6x slower per image).
+r resnet50-scratch-sequence --preset cpu-fast --encoder resnet50 --encoder-weights none --epochs 10
+# 5 folds train on ~440 frames each: 10 epochs keeps the five within about an hour.
+for f in 0 1 2 3 4; do r lite0-kfold$f --preset cpu-fast --split-strategy kfold --fold $f --epochs 10; done
+.venv/bin/python scripts/results_table.py "$OUT"/*/

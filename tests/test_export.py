@@ -1,0 +1,126 @@
+"""ONNX export: dynamic height and width, agreement with torch, the onnxruntime backend, int8."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from polypseg.data import read_image
+from polypseg.errors import PolypsegError
+from polypseg.export import compare_int8, export_onnx
+from polypseg.model import build_model, load_checkpoint, save_checkpoint
+from polypseg.predict import ONNX_SHA256_KEY, Predictor, file_sha256, ort_session
+from polypseg.transforms import to_input
+
+TOL = 1e-3
+
+
+@pytest.fixture
+def frames(data_dir):
+    real = [read_image(data_dir / "images" / f"{i}.png") for i in ("010", "250", "480")]
+    return real + [cv2.resize(real[0], (270, 350), interpolation=cv2.INTER_AREA)]  # odd and portrait
+
+
+@pytest.fixture
+def exported(tiny_checkpoint, data_dir):
+    return export_onnx(tiny_checkpoint, check_frames=2, data=data_dir, verbose=False)
+
+
+def test_export_matches_torch_at_two_input_sizes(tiny_checkpoint, data_dir, frames, capsys):
+    path = export_onnx(tiny_checkpoint, check_frames=2, data=data_dir)
+    assert path == tiny_checkpoint / "best.onnx"
+    printed = capsys.readouterr().out
+    assert "max abs difference" in printed and "64x64, 64x96" in printed
+
+    model, cfg = load_checkpoint(tiny_checkpoint)
+    session = ort_session(path)
+    # the tiny model's own size, the odd frame's fitted size, and a much larger input
+    inputs = [to_input(frames[0], cfg)[0][None], to_input(frames[3], cfg)[0][None]]
+    inputs.append(np.random.default_rng(0).normal(size=(2, 3, 160, 224)).astype(np.float32))
+    shapes = set()
+    for x in inputs:
+        with torch.inference_mode():
+            ref = torch.sigmoid(model(torch.from_numpy(x))).numpy()
+        out = session.run(None, {"image": x})[0]
+        shapes.add(out.shape[2:])
+        assert out.shape == ref.shape
+        assert np.abs(out - ref).max() < TOL
+    assert len(shapes) == 3
+
+
+def test_onnxruntime_predictor_equals_torch(tiny_checkpoint, exported, frames):
+    torch_p = Predictor(tiny_checkpoint)
+    for ort_p in (
+        Predictor(tiny_checkpoint, backend="onnxruntime"),  # finds best.onnx beside the checkpoint
+        Predictor(backend="onnxruntime", onnx_path=exported),  # the ONNX file alone carries the config
+    ):
+        assert ort_p.config == torch_p.config and ort_p.threshold == torch_p.threshold
+        for image in frames:
+            prob = ort_p.predict_prob(image)
+            assert prob.shape == image.shape[:2]
+            assert np.abs(prob - torch_p.predict_prob(image)).max() < TOL
+    tta_t, tta_o = Predictor(tiny_checkpoint, tta=True), Predictor(tiny_checkpoint, backend="onnxruntime", tta=True)
+    assert np.abs(tta_o.predict_prob(frames[3]) - tta_t.predict_prob(frames[3])).max() < TOL
+    assert np.abs(tta_t.predict_prob(frames[3]) - torch_p.predict_prob(frames[3])).max() > 0
+
+
+def test_stale_export_is_not_used(tiny_checkpoint, tiny_config, exported, frames, tmp_path):
+    torch.manual_seed(1)
+    other = save_checkpoint(build_model(tiny_config), tiny_config, tmp_path / "other" / "best")
+    with pytest.raises(PolypsegError, match="other weights"):
+        Predictor(other, backend="onnxruntime", onnx_path=exported)
+    # an export of other weights lying beside the checkpoint is ignored: exported again in memory
+    shutil.copy(exported, other.with_suffix(".onnx"))
+    ort_p = Predictor(other, backend="onnxruntime")
+    assert ort_p.session is not None
+    assert np.abs(ort_p.predict_prob(frames[0]) - Predictor(other).predict_prob(frames[0])).max() < TOL
+
+
+def test_in_memory_export_without_a_file(tiny_checkpoint, frames):
+    ort_p = Predictor(tiny_checkpoint, backend="onnxruntime")
+    assert not (tiny_checkpoint / "best.onnx").exists()
+    assert np.abs(ort_p.predict_prob(frames[1]) - Predictor(tiny_checkpoint).predict_prob(frames[1])).max() < TOL
+
+
+def test_metadata_and_errors(tiny_checkpoint, exported, tmp_path):
+    meta = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
+    assert meta[ONNX_SHA256_KEY] == file_sha256(tiny_checkpoint / "best.safetensors")
+    with pytest.raises(PolypsegError, match=".onnx"):
+        export_onnx(tiny_checkpoint, out_path=tmp_path / "model.txt", verbose=False)
+    foreign = tmp_path / "foreign.onnx"
+    proto = onnx.load(str(exported))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(foreign))
+    with pytest.raises(PolypsegError, match="polypseg export"):
+        Predictor(backend="onnxruntime", onnx_path=foreign)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(PolypsegError, match="cannot load"):
+        Predictor(backend="onnxruntime", onnx_path=garbage)
+    with pytest.raises(PolypsegError, match="onnxruntime"):
+        Predictor(tiny_checkpoint, backend="torch", onnx_path=exported)
+
+
+def test_int8_quantisation_and_report(tiny_checkpoint, data_dir, frames, capsys):
+    q = export_onnx(tiny_checkpoint, int8=True, check_frames=1, calibration_frames=4, compare_frames=4, data=data_dir)
+    exported = tiny_checkpoint / "best.onnx"
+    assert q == tiny_checkpoint / "best.int8.onnx" and exported.is_file()
+    printed = capsys.readouterr().out
+    assert "train side of the PraNet split" in printed and "per-image Dice" in printed and "latency" in printed
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    int8_p = Predictor(tiny_checkpoint, backend="onnxruntime", onnx_path=q)
+    prob = int8_p.predict_prob(frames[0])
+    assert prob.shape == frames[0].shape[:2] and np.isfinite(prob).all()
+    assert np.abs(prob - Predictor(tiny_checkpoint).predict_prob(frames[0])).max() < 0.1
+
+    report = compare_int8(tiny_checkpoint, exported, q, data=data_dir, max_frames=4)
+    assert report["frames"] == 4 and "test side" in report["side"]
+    assert 0 <= report["dice_fp32"] <= 1 and 0 <= report["dice_int8"] <= 1
+    assert report["dice_change"] == pytest.approx(report["dice_int8"] - report["dice_fp32"])
+    assert report["speedup"] == pytest.approx(report["ms_fp32"] / report["ms_int8"])

@@ -1,0 +1,132 @@
+"""predict: masks, overlays and probability maps for files and folders, with the tiny untrained model."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from polypseg import predict
+from polypseg.data import read_image
+from polypseg.errors import PolypsegError
+from polypseg.predict import Predictor, predict_paths
+
+FRAMES = ("001", "150", "300")
+ODD = (333, 257)  # width, height: neither the model's aspect nor a multiple of 32
+
+
+@pytest.fixture
+def images(tmp_path, data_dir):
+    """A folder of three real frames and one resized to an odd size."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in FRAMES:
+        shutil.copy(data_dir / "images" / f"{i}.png", folder / f"{i}.png")
+    odd = cv2.resize(read_image(data_dir / "images" / "200.png"), ODD, interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(folder / "odd.jpg"), odd[:, :, ::-1])
+    return folder
+
+
+def _median_threshold(predictor, image):
+    # The untrained model's probabilities sit near 0.5; a threshold at their median gives masks with
+    # both classes, so the comparison below means something.
+    return float(np.median(predictor.predict_prob(image)))
+
+
+def test_predict_folder_writes_the_models_masks(images, tiny_checkpoint, tmp_path):
+    predictor = Predictor(tiny_checkpoint)
+    t = _median_threshold(predictor, read_image(images / "001.png"))
+    out = tmp_path / "out"
+    written = predict_paths([images], tiny_checkpoint, out, save_prob="npy", threshold=t, show_progress=False)
+
+    names = ["001", "150", "300", "odd"]
+    assert written == [out / "masks" / f"{n}.png" for n in names]
+    for name, src in zip(names, ["001.png", "150.png", "300.png", "odd.jpg"]):
+        image = read_image(images / src)
+        mask = cv2.imread(str(out / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        np.testing.assert_array_equal(mask == 255, predictor.predict_mask(image, threshold=t))
+        prob = np.load(out / "probs" / f"{name}.npy")
+        np.testing.assert_allclose(prob, predictor.predict_prob(image), atol=1e-6)
+        over = cv2.imread(str(out / "overlays" / f"{name}.png"))
+        assert over.shape == image.shape
+        assert not np.array_equal(over[:, :, ::-1], image)  # the mask is drawn on it
+    assert mask.shape == (ODD[1], ODD[0])
+    assert 0 < (cv2.imread(str(out / "masks" / "001.png"), 0) > 0).mean() < 1
+
+    with (out / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["image"] for r in rows] == [str(images / s) for s in ["001.png", "150.png", "300.png", "odd.jpg"]]
+    first = cv2.imread(str(out / "masks" / "001.png"), 0) > 0
+    assert float(rows[0]["area_fraction"]) == pytest.approx(first.mean(), abs=1e-6)
+    assert float(rows[0]["mean_confidence"]) >= t
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_probability_png_and_single_file(images, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    predict_paths(images / "150.png", tiny_checkpoint, out, save_prob=True, show_progress=False)
+    prob = cv2.imread(str(out / "probs" / "150.png"), cv2.IMREAD_UNCHANGED)
+    expected = Predictor(tiny_checkpoint).predict_prob(read_image(images / "150.png"))
+    assert prob.dtype == np.uint8
+    assert np.abs(prob.astype(int) - np.round(expected * 255)).max() <= 1
+    assert sorted(p.name for p in out.iterdir()) == ["masks", "overlays", "predictions.csv", "probs"]
+
+
+def test_unreadable_image_is_named_after_the_others_are_done(images, tiny_checkpoint, tmp_path):
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    out = tmp_path / "out"
+    with pytest.raises(PolypsegError, match="broken.png"):
+        predict_paths(images, tiny_checkpoint, out, show_progress=False)
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["001.png", "150.png", "300.png", "odd.png"]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty-folder", "not-an-image", "clash", "threshold", "prob-format"])
+def test_input_errors_are_explained_before_anything_is_written(case, images, tiny_checkpoint, tmp_path):
+    kwargs = {}
+    inputs = [images]
+    if case == "missing":
+        inputs = [tmp_path / "nothing-here"]
+    elif case == "empty-folder":
+        (tmp_path / "empty").mkdir()
+        inputs = [tmp_path / "empty"]
+    elif case == "not-an-image":
+        (tmp_path / "notes.txt").write_text("hello")
+        inputs = [tmp_path / "notes.txt"]
+    elif case == "clash":
+        other = tmp_path / "other"
+        other.mkdir()
+        shutil.copy(images / "001.png", other / "001.png")
+        inputs = [images, other]
+    elif case == "threshold":
+        kwargs["threshold"] = 1.5
+    else:
+        kwargs["save_prob"] = "tiff"
+    out = tmp_path / "out"
+    with pytest.raises(PolypsegError):
+        predict_paths(inputs, tiny_checkpoint, out, show_progress=False, **kwargs)
+    assert not out.exists()
+
+
+def test_default_model_is_the_packaged_one(tiny_checkpoint, tmp_path, monkeypatch, data_dir):
+    missing = tmp_path / "pretrained" / "realtime.safetensors"
+    monkeypatch.setattr(predict, "DEFAULT_MODEL", missing)
+    with pytest.raises(PolypsegError, match="--run"):
+        Predictor()
+
+    missing.parent.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(tiny_checkpoint / f"best{suffix}", missing.with_suffix(suffix))
+    image = read_image(data_dir / "images" / "001.png")
+    np.testing.assert_array_equal(Predictor().predict_prob(image), Predictor(tiny_checkpoint).predict_prob(image))
+
+
+def test_bad_backend_and_device(tiny_checkpoint):
+    with pytest.raises(PolypsegError, match="backend"):
+        Predictor(tiny_checkpoint, backend="tensorrt")
+    with pytest.raises(PolypsegError, match="device"):
+        Predictor(tiny_checkpoint, device="gpu0")

@@ -1,0 +1,173 @@
+"""The video pipeline on short clips assembled from one CVC-ClinicDB sequence, with the tiny model."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+from polypseg.data import index_dataset, read_image
+from polypseg.errors import PolypsegError
+from polypseg.predict import Predictor
+from polypseg.video import CSV_FIELDS, open_source, run_video, write_clip
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def sequence(request):
+    """The first N frames of CVC-ClinicDB's sequence 2, as RGB arrays."""
+    data_dir = request.getfixturevalue("data_dir")
+    pairs = [p for p in index_dataset(data_dir).pairs if p.sequence == 2][:N]
+    assert len(pairs) == N
+    return [read_image(p.image) for p in pairs]
+
+
+def _video_info(path):
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened()
+    decoded = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        decoded += 1
+        size = (frame.shape[1], frame.shape[0])
+    cap.release()
+    return decoded, size
+
+
+def _rows(path):
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == CSV_FIELDS
+        return list(reader)
+
+
+def _leftovers(folder, *keep):
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+@pytest.mark.parametrize("size,backend", [(None, "torch"), ((350, 270), "onnxruntime")])
+def test_video_file_gives_playable_overlay_and_csv(sequence, tiny_checkpoint, tmp_path, size, backend):
+    frames = sequence if size is None else [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in sequence]
+    clip = write_clip(frames, tmp_path / "clip.mp4", fps=25)
+    out_dir = tmp_path / "out"
+    stats = run_video(clip, tiny_checkpoint, out_dir / "overlay.mp4", backend=backend, show_progress=False)
+
+    w, h = size or (384, 288)
+    assert (stats.frames, stats.skipped, stats.size) == (N, 0, (w, h))
+    assert _video_info(out_dir / "overlay.mp4") == (N, (w, h))
+    rows = _rows(out_dir / "overlay.csv")
+    assert [int(r["frame"]) for r in rows] == list(range(N))
+    assert all(float(r["latency_ms"]) > 0 and r["polyp_present"] in ("0", "1") for r in rows)
+    assert all(0 <= float(r["area_fraction"]) <= 1 for r in rows)
+    assert _leftovers(out_dir) == ["overlay.csv", "overlay.mp4"]
+    assert all(p.stat().st_mode & 0o644 == 0o644 for p in out_dir.iterdir())
+
+
+def test_csv_matches_the_model(sequence, tiny_checkpoint, tmp_path):
+    clip = write_clip(sequence[:4], tmp_path / "clip.avi", fps=10)
+    predictor = Predictor(tiny_checkpoint)
+    t = float(np.median(predictor.predict_prob(sequence[0])))
+    stats = run_video(clip, out_path=tmp_path / "o.avi", csv_path=tmp_path / "log.csv", threshold=t,
+                      predictor=predictor, show_progress=False)
+    assert stats.frames == 4 and _video_info(tmp_path / "o.avi")[0] == 4
+    first = _rows(tmp_path / "log.csv")[0]
+    # MJPG in the clip changed the pixels a little: compare with the decoded frame, not the original
+    cap = cv2.VideoCapture(str(clip))
+    decoded = cv2.cvtColor(cap.read()[1], cv2.COLOR_BGR2RGB)
+    cap.release()
+    prob = predictor.predict_prob(decoded)
+    mask = prob >= t
+    assert float(first["area_fraction"]) == pytest.approx(mask.mean(), abs=1e-5)
+    assert float(first["mean_confidence"]) == pytest.approx(prob[mask].mean(), abs=1e-5)
+
+
+def test_frame_folder_with_a_corrupt_frame(sequence, tiny_checkpoint, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(sequence[:8]):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), frame[:, :, ::-1])
+    good = (folder / "004.png").read_bytes()
+    (folder / "004.png").write_bytes(good[: len(good) // 3])  # truncated in the middle of the pixels
+    out = tmp_path / "out.mp4"
+    stats = run_video(folder, tiny_checkpoint, out, max_frames=None, show_progress=False)
+    assert (stats.frames, stats.skipped) == (7, 1)
+    assert _video_info(out) == (7, (384, 288))
+    assert [int(r["frame"]) for r in _rows(out.with_suffix(".csv"))] == [0, 1, 2, 3, 5, 6, 7]
+
+
+def test_max_frames(sequence, tiny_checkpoint, tmp_path):
+    clip = write_clip(sequence, tmp_path / "clip.mp4")
+    stats = run_video(clip, tiny_checkpoint, tmp_path / "o.mp4", max_frames=3, show_progress=False)
+    assert stats.frames == 3 and _video_info(tmp_path / "o.mp4")[0] == 3
+
+
+def _garbage(path):
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+
+
+def _zero_frames(path):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    writer.release()
+
+
+def _all_frames_broken(folder):
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+
+
+@pytest.mark.parametrize("make,name", [
+    (_garbage, "garbage.mp4"), (lambda p: p.write_bytes(b""), "empty.mp4"),
+    (_zero_frames, "zero.mp4"), (_all_frames_broken, "broken"),
+])
+def test_unusable_sources_raise_and_leave_nothing(make, name, tiny_checkpoint, tmp_path):
+    source = tmp_path / name
+    make(source)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(PolypsegError):
+        run_video(source, tiny_checkpoint, out_dir / "o.mp4", show_progress=False)
+    assert _leftovers(out_dir) == []
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_run_keeps_a_playable_file(failure, sequence, tiny_checkpoint, tmp_path):
+    clip = write_clip(sequence, tmp_path / "clip.mp4")
+
+    class FailsOnFifth(Predictor):
+        calls = 0
+
+        def infer(self, x):
+            self.calls += 1
+            if self.calls == 5:
+                raise failure("stop")
+            return super().infer(x)
+
+    out = tmp_path / "out" / "o.mp4"
+    kwargs = dict(out_path=out, predictor=FailsOnFifth(tiny_checkpoint), show_progress=False)
+    if failure is KeyboardInterrupt:
+        stats = run_video(clip, **kwargs)
+        assert stats.interrupted and stats.frames == 4
+    else:
+        with pytest.raises(RuntimeError):
+            run_video(clip, **kwargs)
+    assert _video_info(out) == (4, (384, 288))
+    assert len(_rows(out.with_suffix(".csv"))) == 4
+    assert _leftovers(out.parent) == ["o.csv", "o.mp4"]
+
+
+def test_source_errors(tmp_path):
+    with pytest.raises(PolypsegError, match="does not exist"):
+        open_source(tmp_path / "missing.mp4")
+    (tmp_path / "empty-folder").mkdir()
+    with pytest.raises(PolypsegError, match="no image files"):
+        open_source(tmp_path / "empty-folder")
+    with pytest.raises(PolypsegError, match="camera 57"):
+        open_source("57")
+    with pytest.raises(PolypsegError, match=".mp4 or .avi"):
+        run_video(tmp_path, out_path=tmp_path / "o.mov")
