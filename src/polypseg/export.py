@@ -31,7 +31,7 @@ from .config import DEFAULT_DATA, Config
 from .errors import PolypsegError
 from .files import atomic_write
 from .model import build_model, load_checkpoint, save_checkpoint
-from .predict import ONNX_CONFIG_KEY, ONNX_SHA256_KEY, Predictor, cpu_cores, file_sha256, ort_session, resolve_model
+from .predict import DEFAULT_MODEL, ONNX_CONFIG_KEY, ONNX_SHA256_KEY, Predictor, cpu_cores, file_sha256, ort_session, resolve_model
 from .transforms import to_input
 
 OPSET = 17
@@ -450,10 +450,16 @@ def benchmark(
             n = video_frames or (50 if quick else 200)
             clip_pairs = sorted(pairs, key=lambda p: (p.sequence or 0, p.id))[:n]
             clip = write_clip((read_image(p.image) for p in clip_pairs), Path(tmp) / "clip.mp4", fps=25)
-            for backend in ("onnxruntime",) if quick else ("onnxruntime", "torch"):
-                stats = run_video(clip, checkpoints[REALTIME_ENCODER], Path(tmp) / f"out-{backend}.mp4",
-                                  backend=backend, show_progress=False, threads=threads)
-                result["video"].append({"model": REALTIME_ENCODER, "runtime": backend, "frames": stats.frames,
+            runs = [(f"{REALTIME_ENCODER} ({height}x{width} input)", checkpoints[REALTIME_ENCODER], b)
+                    for b in (("onnxruntime",) if quick else ("onnxruntime", "torch"))]
+            if DEFAULT_MODEL.is_file():  # the trained model `video` uses by default, at its own input size
+                cfg = load_checkpoint_config(DEFAULT_MODEL)
+                label = f"shipped real-time model ({cfg.encoder}, {cfg.height}x{cfg.width} input)"
+                runs += [(label, None, b) for b in (("onnxruntime",) if quick else ("onnxruntime", "torch"))]
+            for i, (label, ckpt, backend) in enumerate(runs):
+                stats = run_video(clip, ckpt, Path(tmp) / f"out-{i}.mp4", backend=backend, show_progress=False,
+                                  threads=threads)
+                result["video"].append({"model": label, "runtime": backend, "frames": stats.frames,
                                         "fps": stats.fps, "latency_median_ms": stats.latency_median_ms,
                                         "latency_p90_ms": stats.latency_p90_ms})
     say(format_benchmark(result))
