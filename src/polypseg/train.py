@@ -80,6 +80,16 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
+    """AdamW with the encoder (pretrained) and the rest (decoder, head) at their own learning rates."""
+    enc = list(model.encoder.parameters())
+    enc_ids = {id(p) for p in enc}
+    rest = [p for p in model.parameters() if id(p) not in enc_ids]
+    return torch.optim.AdamW(
+        [{"params": enc, "lr": cfg.encoder_lr}, {"params": rest, "lr": cfg.lr}], weight_decay=cfg.weight_decay
+    )
+
+
 class SegModule(L.LightningModule):
     def __init__(self, cfg: Config, pretrained: bool = True):
         super().__init__()
@@ -136,13 +146,7 @@ class SegModule(L.LightningModule):
         self.log("val_dice_micro", 2 * tp / max(2 * tp + fp + fn, 1), rank_zero_only=True)
 
     def configure_optimizers(self):
-        enc = list(self.model.encoder.parameters())
-        enc_ids = {id(p) for p in enc}
-        rest = [p for p in self.model.parameters() if id(p) not in enc_ids]
-        opt = torch.optim.AdamW(
-            [{"params": enc, "lr": self.cfg.encoder_lr}, {"params": rest, "lr": self.cfg.lr}],
-            weight_decay=self.cfg.weight_decay,
-        )
+        opt = make_optimizer(self.model, self.cfg)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.cfg.epochs))
         warmup = min(total // 2, self.cfg.warmup_epochs * per_epoch)
