@@ -49,19 +49,21 @@ def make_loss(cfg: Config) -> torch.nn.Module:
     names = cfg.loss.split("+")
     if cfg.loss not in LOSSES and not all(n in parts for n in names):
         raise PolypsegError(f"Unknown loss '{cfg.loss}'. Valid: {', '.join(LOSSES)} (or parts joined by '+').")
-    terms = torch.nn.ModuleList(parts[n]() for n in names)
+    return LossSum([parts[n]() for n in names], multiclass=mode == "multiclass")
 
-    class Sum(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.terms = terms
 
-        def forward(self, logits, target):
-            if mode == "multiclass":
-                target = target[:, 0].long()
-            return sum(t(logits, target) for t in self.terms)
+class LossSum(torch.nn.Module):
+    """The sum of smp losses; multi-class targets arrive as 1 x H x W masks of class indices."""
 
-    return Sum()
+    def __init__(self, terms: list[torch.nn.Module], multiclass: bool):
+        super().__init__()
+        self.terms = torch.nn.ModuleList(terms)
+        self.multiclass = multiclass
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.multiclass:
+            target = target[:, 0].long()
+        return sum(t(logits, target) for t in self.terms)
 
 
 def seed_worker(worker_id: int) -> None:
