@@ -157,3 +157,13 @@ def test_ddp_two_cpu_processes_write_one_checkpoint(tmp_path, data_dir):
     assert sorted(p.name for p in run.glob("*.safetensors")) == ["best.safetensors", "last.safetensors"]
     assert out.count("epoch   1/1") == 1  # one process reports and writes
     load_checkpoint(run)
+
+
+def test_multiclass_loss_takes_class_index_masks(tiny_config):
+    loss = make_loss(tiny_config.replace(classes=3))
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:4] = 2
+    right = torch.full((2, 3, 8, 8), -10.0)
+    for c in range(3):
+        right[:, c][target[:, 0] == c] = 10.0
+    assert loss(right, target) < 0.05 < loss(-right, target)

@@ -41,7 +41,7 @@ def make_loss(cfg: Config) -> torch.nn.Module:
     mode = "binary" if cfg.classes == 1 else "multiclass"
     parts = {
         "dice": lambda: smp.losses.DiceLoss(mode, from_logits=True),
-        "bce": lambda: smp.losses.SoftBCEWithLogitsLoss() if mode == "binary" else smp.losses.SoftCrossEntropyLoss(),
+        "bce": lambda: smp.losses.SoftBCEWithLogitsLoss() if mode == "binary" else smp.losses.SoftCrossEntropyLoss(smooth_factor=0.0),
         "focal": lambda: smp.losses.FocalLoss(mode),
         "lovasz": lambda: smp.losses.LovaszLoss(mode),
         "tversky": lambda: smp.losses.TverskyLoss(mode, from_logits=True),
