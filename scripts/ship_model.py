@@ -1,5 +1,6 @@
 """Write a finished `polypseg reproduce` run's best checkpoint as the shipped real-time model: fp16
-safetensors + JSON in src/polypseg/pretrained/, its test metrics copied into the JSON.
+safetensors + JSON in src/polypseg/pretrained/, its test metrics copied into the JSON, and the run's
+split.json beside it (so `evaluate` and `export --int8` use the frames the model never saw).
 
 Usage: .venv/bin/python scripts/ship_model.py runs/results/lite0-sequence
 Then check the fp16 file gives the run's figures:
@@ -12,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from polypseg.files import atomic_write_text
 from polypseg.model import load_checkpoint, read_checkpoint_meta, save_checkpoint
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "polypseg" / "pretrained" / "realtime.safetensors"
@@ -34,6 +36,7 @@ def ship(run: Path, out: Path = OUT) -> Path:
         if summary["selection"].get("leak", {}).get("train_test") == 0
         else f"{split['strategy']}, {len(split['test'])} frames (sequences on both sides)",
     }
+    atomic_write_text(out.parent / "split.json", (run / "split.json").read_text())
     return save_checkpoint(model, cfg, out, epoch=meta["epoch"], metrics=metrics, half=True)
 
 

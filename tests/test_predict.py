@@ -125,6 +125,24 @@ def test_default_model_is_the_packaged_one(tiny_checkpoint, tmp_path, monkeypatc
     np.testing.assert_array_equal(Predictor().predict_prob(image), Predictor(tiny_checkpoint).predict_prob(image))
 
 
+def test_shipped_model_segments_frames_it_never_saw(data_dir):
+    """The packaged model and its split: test frames (sequences it never trained on) get real masks."""
+    from polypseg.data import read_mask
+    from polypseg.metrics import confusion, reduce
+    from polypseg.splits import load_split
+
+    split = load_split(predict.DEFAULT_MODEL.parent / "split.json")
+    assert not set(split.test) & set(split.train + split.val)
+    predictor = Predictor()
+    assert predictor.config.encoder == "tu-tf_efficientnet_lite0"
+    ids = split.test[:: len(split.test) // 6][:6]
+    counts = []
+    for i in ids:
+        prob = predictor.predict_prob(read_image(data_dir / "images" / f"{i}.png"))
+        counts.append(confusion(prob >= predictor.config.threshold, read_mask(data_dir / "masks" / f"{i}.png")[0]))
+    assert reduce(np.stack(counts), "per-image")["dice"] > 0.6
+
+
 def test_bad_backend_and_device(tiny_checkpoint):
     with pytest.raises(PolypsegError, match="backend"):
         Predictor(tiny_checkpoint, backend="tensorrt")
