@@ -2,9 +2,9 @@
 safetensors + JSON in src/polypseg/pretrained/, its test metrics copied into the JSON, and the run's
 split.json beside it (so `evaluate` and `export --int8` use the frames the model never saw).
 
-Usage: .venv/bin/python scripts/ship_model.py runs/results/lite0-sequence
-Then check the fp16 file gives the run's figures:
-  polypseg evaluate --run src/polypseg/pretrained/realtime.safetensors --split RUN/split.json --data DATA
+Usage: .venv/bin/python scripts/ship_model.py runs/results/lite0-sequence-e40
+Then check the fp16 file gives the run's figures (the test side of the split.json beside it):
+  polypseg evaluate --run src/polypseg/pretrained/realtime.safetensors --data DATA -o runs/eval-shipped
 """
 
 from __future__ import annotations
