@@ -264,14 +264,19 @@ def test_mask_of_another_size_is_named_and_reported(data_dir, tmp_path):
     assert not report.usable and len(report.size_mismatches) == 1 and "026.png" in report.size_mismatches[0]
 
 
-def test_mixed_image_sizes_need_the_flag(data_dir, tmp_path):
-    root = make_images_masks(data_dir, tmp_path)
-    for kind in ("images", "masks"):
-        Image.open(root / kind / "026.png").resize((192, 144)).save(root / kind / "026.png")
+def test_mixed_image_sizes_are_usable_and_summed_up_in_one_line(data_dir, tmp_path):
+    frames = ("001", "002", "026", "027", "051", "052")
+    root = make_images_masks(data_dir, tmp_path, frames=frames)
+    # Kvasir-SEG comes in 333 sizes: five sizes here, one of them twice
+    for frame, size in zip(frames[1:], [(192, 144), (300, 250), (500, 400), (640, 480), (300, 250)]):
+        for kind in ("images", "masks"):
+            Image.open(root / kind / f"{frame}.png").resize(size).save(root / kind / f"{frame}.png")
     report = check_dataset(root)
-    assert report.sizes == Counter({(384, 288): 2, (192, 144): 1})
-    assert not report.usable and "--allow-mixed-sizes" in report.problems[0]
-    assert check_dataset(root, allow_mixed_sizes=True).usable
+    assert report.sizes == Counter({(384, 288): 1, (192, 144): 1, (300, 250): 2, (500, 400): 1, (640, 480): 1})
+    assert report.usable and not report.problems
+    line = next(row for row in report.table().splitlines() if row.startswith("image sizes"))
+    assert "5 sizes, 192x144 to 640x480; most common 300x250 (2)" in line
+    assert "aspect kept" in line
 
 
 def test_check_reports_unpaired_empty_duplicate(data_dir, tmp_path):

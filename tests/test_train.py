@@ -167,3 +167,66 @@ def test_multiclass_loss_takes_class_index_masks(tiny_config):
     for c in range(3):
         right[:, c][target[:, 0] == c] = 10.0
     assert loss(right, target) < 0.05 < loss(-right, target)
+
+
+def test_replace_encoder_recomputes_the_normalisation():
+    cfg = from_preset("cpu-fast")
+    assert cfg.mean == (0.5, 0.5, 0.5)
+    other = cfg.replace(encoder="resnet50")  # torchvision's ImageNet statistics
+    assert other.mean == pytest.approx((0.485, 0.456, 0.406)) and other.std == pytest.approx((0.229, 0.224, 0.225))
+    assert cfg.replace(encoder="resnet50", mean=(0.1, 0.2, 0.3)).mean == (0.1, 0.2, 0.3)  # a named value wins
+    assert cfg.replace(epochs=3).mean == (0.5, 0.5, 0.5)
+
+
+def test_a_given_threshold_is_kept(tmp_path, tiny_config, data_dir):
+    split = small_split(data_dir, tmp_path, ["001", "002", "030", "031"], ["060", "061"])
+    run = train(tiny_config.replace(split=str(split), threshold=0.3, limit_batches=1), tmp_path / "run",
+                progress=False)
+    meta = json.loads((run / "best.json").read_text())
+    assert meta["config"]["threshold"] == 0.3
+    assert "threshold_from" not in meta["metrics"]
+
+
+def _folder_with_a_truncated_image(data_dir: Path, root: Path) -> Path:
+    import shutil
+
+    for kind in ("images", "masks"):
+        (root / kind).mkdir(parents=True)
+        for frame in ("001", "002", "030", "031", "060"):
+            shutil.copy(data_dir / kind / f"{frame}.png", root / kind / f"{frame}.png")
+    bad = root / "images" / "030.png"
+    bad.write_bytes(bad.read_bytes()[:3000])
+    (root / "split.csv").write_text("id,side\n001,train\n002,train\n030,train\n031,train\n060,test\n")
+    return root
+
+
+def test_bad_data_is_refused_before_the_run_folder_is_made(tmp_path, tiny_config, data_dir):
+    root = _folder_with_a_truncated_image(data_dir, tmp_path / "data")
+    cfg = tiny_config.replace(data=str(root), split=str(root / "split.csv"), limit_batches=1)
+    with pytest.raises(PolypsegError, match=r"1 of the 5 image/mask pairs for this run \(train, validation and test sides\) cannot be used\. 030: "
+                                            r"Cannot read .*030\.png.*--skip-bad"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    # the CLI: one message, exit 2, still no run folder
+    flags = ["--encoder", "tu-test_efficientnet", "--encoder-weights", "none", "--height", "64", "--width", "96",
+             "--data", str(root), "--split", str(root / "split.csv"), "--num-workers", "0", "-o", str(tmp_path / "r2")]
+    done = subprocess.run(POLYPSEG + ["train", *flags], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "030" in done.stderr
+    assert not (tmp_path / "r2").exists()
+
+    run = train(cfg.replace(skip_bad=True), tmp_path / "run", progress=False)
+    with open(run / "left_out.csv") as f:
+        assert [r["id"] for r in csv.DictReader(f)] == ["030"]
+    assert json.loads((run / "split.json").read_text())["train"] == ["001", "002", "031"]
+
+
+def test_evaluate_checks_the_pairs_before_predicting(tmp_path, tiny_checkpoint, data_dir):
+    from polypseg.evaluate import evaluate
+
+    root = _folder_with_a_truncated_image(data_dir, tmp_path / "data")
+    with pytest.raises(PolypsegError, match=r"1 of the 5 image/mask pairs for evaluation .*030"):
+        evaluate(tiny_checkpoint, data=root, all_pairs=True, out=tmp_path / "ev", bootstrap=0, progress=False)
+    assert not (tmp_path / "ev").exists()
+    summary = evaluate(tiny_checkpoint, data=root, all_pairs=True, out=tmp_path / "ev", bootstrap=0,
+                       progress=False, skip_bad=True)
+    assert summary["n_images"] == 4 and [x["id"] for x in summary["selection"]["left_out"]] == ["030"]

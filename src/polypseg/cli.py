@@ -21,11 +21,12 @@ CONFIG_HELP = {
     "classes": "output classes (1: binary polyp/background)",
     "height": "model input height (multiple of 32)",
     "width": "model input width (multiple of 32)",
+    "resize": "fit (aspect kept, padded) | stretch (resized to height x width): how frames of any shape enter the model",
     "mean": "input normalisation mean (3 values; default from the encoder weights)",
     "std": "input normalisation std (3 values; default from the encoder weights)",
-    "threshold": "decision threshold (default: chosen on the validation side after training)",
-    "data": f"dataset folder (default {DEFAULT_DATA})",
-    "split": "split JSON from `polypseg data split` (default: made with --split-strategy)",
+    "threshold": "decision threshold; a given one is kept (default: chosen on the validation side after training)",
+    "data": f"dataset folder (default {DEFAULT_DATA}); give it more than once to train on several data sets",
+    "split": "split JSON from `polypseg data split`, or a CSV of id,side (default: made with --split-strategy)",
     "split_strategy": "random | sequence | kfold | pranet, when no --split is given",
     "fold": "fold of a kfold split file",
     "augment": "train augmentation preset: default | light | none",
@@ -35,7 +36,7 @@ CONFIG_HELP = {
     "encoder_lr": "peak learning rate of the encoder",
     "weight_decay": "AdamW weight decay",
     "warmup_epochs": "linear warm-up epochs before cosine decay",
-    "loss": "dice+bce | dice | bce | focal | lovasz | tversky",
+    "loss": "dice+bce | structure (PraNet's boundary-weighted BCE + IoU) | dice | bce | focal | lovasz | tversky",
     "patience": "early stopping after this many epochs without validation Dice gain (0: off)",
     "seed": "random seed (splits, augmentation, initialisation)",
     "accelerator": "auto | cpu | gpu",
@@ -46,6 +47,7 @@ CONFIG_HELP = {
     "num_workers": "data loader worker processes",
     "channels_last": "channels_last memory format (faster convolutions)",
     "limit_batches": "batches per epoch (smoke tests)",
+    "skip_bad": "leave out unreadable image/mask pairs (listed in RUN/left_out.csv) instead of stopping",
     "in_channels": "input channels",
 }
 
@@ -59,7 +61,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         kw: dict = dict(default=None, help=CONFIG_HELP.get(f.name, ""))
-        if kind is bool:
+        if f.name == "data":
+            g.add_argument(flag, action="append", metavar="DIR", **kw)
+        elif kind is bool:
             g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name in ("mean", "std"):
             g.add_argument(flag, type=float, nargs=3, metavar="X", **kw)
@@ -83,9 +87,12 @@ def _config_from_args(args: argparse.Namespace) -> Config:
 def _data_check(args) -> int:
     from .data import check_dataset
 
-    report = check_dataset(args.dir, allow_mixed_sizes=args.allow_mixed_sizes)
-    print(report.table())
-    return 0 if report.usable else 1
+    usable = True
+    for i, folder in enumerate(args.dirs):
+        report = check_dataset(folder)
+        print(("\n" if i else "") + report.table())
+        usable = usable and report.usable
+    return 0 if usable else 1
 
 
 def _data_split(args) -> int:
@@ -93,7 +100,7 @@ def _data_split(args) -> int:
     from .splits import make_split, save_split
 
     split = make_split(
-        index_dataset(args.dir), args.strategy, train=args.train, val=args.val, test=args.test,
+        index_dataset(args.dirs), args.strategy, train=args.train, val=args.val, test=args.test,
         k=args.k, seed=args.seed,
     )
     save_split(split, args.output)
@@ -140,12 +147,16 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate, format_summary_table
+    from .evaluate import evaluate, evaluate_sets, format_summary_table
 
-    summary = evaluate(
-        args.run, data=args.data, split=args.split, all_pairs=args.all, out=args.output, tta=args.tta,
-        threshold=args.threshold, bootstrap=args.bootstrap, pranet_mdice=args.pranet_mdice, device=args.device,
-    )
+    common = dict(out=args.output, tta=args.tta, threshold=args.threshold, bootstrap=args.bootstrap,
+                  pranet_mdice=args.pranet_mdice, device=args.device, skip_bad=args.skip_bad)
+    if args.test_set:
+        if args.data or args.split or args.all:
+            raise PolypsegError("--test-set names the test sets itself; drop --data, --split and --all.")
+        summary = evaluate_sets(args.run, args.test_set, **common)
+    else:
+        summary = evaluate(args.run, data=args.data, split=args.split, all_pairs=args.all, **common)
     print(format_summary_table(summary))
     return 0
 
@@ -207,11 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect a dataset, make splits, preview augmentation")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     c = dsub.add_parser("check", help="read every pair and report what is there and what is wrong")
-    c.add_argument("dir", help="dataset folder (images/ + masks/, CVC-ClinicDB Original/ + Ground Truth/, ...)")
-    c.add_argument("--allow-mixed-sizes", action="store_true", help="accept images of different sizes")
+    c.add_argument("dirs", nargs="+", metavar="DIR",
+                   help="dataset folder(s) (images/ + masks/, CVC-ClinicDB Original/ + Ground Truth/, ...)")
     c.set_defaults(func=_data_check)
     s = dsub.add_parser("split", help="write a train/val/test split JSON")
-    s.add_argument("dir", help="dataset folder")
+    s.add_argument("dirs", nargs="+", metavar="DIR", help="dataset folder(s); each is split on its own")
     s.add_argument("--strategy", required=True, choices=["random", "sequence", "kfold", "pranet"])
     s.add_argument("--train", type=float, help="train size: a count (>= 1) or a fraction (< 1)")
     s.add_argument("--val", type=float, help="validation size: a count or a fraction")
@@ -245,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="metrics, per-image results and a report for a trained run")
     eval_flags(e)
+    e.add_argument("--test-set", action="append", metavar="DIR[:SIDE]",
+                   help="a test set: every pair of DIR, or DIR:test for that folder's frames on the test side of "
+                   "the run's split; give it once per set for one table of all (default for a run trained on "
+                   "several folders: each folder's test side)")
+    e.add_argument("--skip-bad", action="store_true", help="leave out unreadable pairs (listed) instead of stopping")
     e.add_argument("--data", help="dataset folder (default: the run's)")
     grp = e.add_mutually_exclusive_group()
     grp.add_argument("--split", help="split JSON whose test side is evaluated (default: the run's)")

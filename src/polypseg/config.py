@@ -15,6 +15,7 @@ from typing import Any
 from .errors import PolypsegError
 
 DEFAULT_DATA = "../shared/data/cvc-clinicdb"
+RESIZE_MODES = ("fit", "stretch")
 
 
 @dataclass
@@ -28,15 +29,17 @@ class Config:
     # input: the network sees frames scaled to fit height x width (aspect kept, padded to /32)
     height: int = 288
     width: int = 384
+    resize: str = "fit"  # fit: aspect kept, padded | stretch: resized to height x width (PraNet's way)
     mean: tuple[float, float, float] | None = None  # None: what the encoder's weights were trained with
     std: tuple[float, float, float] | None = None
-    threshold: float = 0.5
-    # data
-    data: str = DEFAULT_DATA
+    threshold: float | None = None  # None: chosen on the validation side after training (0.5 without one)
+    # data: one folder, or several read together (each keeps its own split and leak count)
+    data: str | list[str] = DEFAULT_DATA
     split: str | None = None  # split JSON (polypseg data split); None: made from split_strategy
     split_strategy: str = "sequence"
     fold: int | None = None  # for kfold split files
     augment: str = "default"  # train augmentation preset: default | light | none
+    skip_bad: bool = False  # leave out unreadable pairs (listed) instead of refusing the data
     # optimisation
     epochs: int = 40
     batch_size: int = 8
@@ -44,7 +47,7 @@ class Config:
     encoder_lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
-    loss: str = "dice+bce"  # dice+bce | dice | bce | focal | lovasz | tversky
+    loss: str = "dice+bce"  # dice+bce | structure | dice | bce | focal | lovasz | tversky
     patience: int = 0  # early stopping on validation Dice after this many epochs without gain; 0: off
     seed: int = 0
     # hardware
@@ -58,12 +61,21 @@ class Config:
     limit_batches: int | None = None  # tests and smoke runs: batches per epoch
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, (list, tuple)):
+            folders = [str(d) for d in self.data]
+            if not folders:
+                raise PolypsegError("No data folder was given. Pass --data DIR (more than once for several data sets).")
+            self.data = folders[0] if len(folders) == 1 else folders
         for name in ("height", "width"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0 or value % 32:
                 raise PolypsegError(
                     f"{name} must be a positive multiple of 32 (smp encoders downsample by 32), got {value!r}."
                 )
+        if self.resize not in RESIZE_MODES:
+            raise PolypsegError(f"Unknown resize mode '{self.resize}'. Valid: {', '.join(RESIZE_MODES)}.")
+        if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
+            raise PolypsegError(f"The threshold must lie between 0 and 1, got {self.threshold}.")
         if self.mean is None or self.std is None:
             from .weights import normalization
 
@@ -86,8 +98,20 @@ class Config:
             )
         return cls(**values)
 
+    @property
+    def decision_threshold(self) -> float:
+        """The threshold a prediction uses: the chosen or given one, else 0.5."""
+        return 0.5 if self.threshold is None else float(self.threshold)
+
     def replace(self, **changes: Any) -> "Config":
-        return Config.from_dict({**self.to_dict(), **changes})
+        values = {**self.to_dict(), **changes}
+        # Another encoder (or its weights) was trained with another normalisation: recompute it, unless the
+        # change names one.
+        if {"encoder", "encoder_weights"} & changes.keys():
+            for name in ("mean", "std"):
+                if name not in changes:
+                    values[name] = None
+        return Config.from_dict(values)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -129,6 +153,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         encoder_lr=3e-4,
     ),
 }
+
+
+# Kvasir-SEG as distributed, beside CVC-ClinicDB (the PraNet protocol trains on both).
+KVASIR_DATA = "../shared/data/kvasir-seg"
+
+# The PraNet protocol: 900 Kvasir-SEG + 550 CVC-ClinicDB training frames, tested on the 100 + 62 PraNet
+# test frames and on data sets never trained on. The recipe is cpu-fast's (docs/training-log.md).
+PRESETS["pranet"] = dict(
+    PRESETS["cpu-fast"],
+    data=[DEFAULT_DATA, KVASIR_DATA],
+    split_strategy="pranet",
+    epochs=20,
+)
 
 
 def from_preset(name: str | None, **overrides: Any) -> Config:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ LAYOUTS: dict[str, tuple[str, str]] = {
 }
 
 SEQUENCES_CSV = "sequences.csv"
+# Kvasir-SEG and other sets without videos may still carry PraNet's sides: ``id,pranet_split``.
+PRANET_CSV = "pranet_split.csv"
 README_SOURCE = "CVC-ClinicDB README table"
 CVC_CLINICDB_FRAMES = 612
 # Last frame of each of the 29 sequences, from CVC-ClinicDB's own README.txt (sequence i = frames
@@ -62,6 +65,7 @@ class Pair:
     image: Path
     mask: Path
     sequence: int | None
+    source: str = ""  # the dataset's name (its folder's name); ids carry it as "source/id" when several are read
 
 
 @dataclass
@@ -74,10 +78,17 @@ class DatasetIndex:
     sequence_source: str | None
     # id -> "train" | "test" for the classic PraNet split, where known; empty otherwise.
     pranet: dict[str, str] = field(default_factory=dict)
+    # Several folders read together (``index_dataset([A, B])``): name -> each folder's own index. The
+    # pairs above are then all of theirs, with ids "name/id"; empty for a single folder.
+    sources: dict[str, "DatasetIndex"] = field(default_factory=dict)
 
     @property
     def has_sequences(self) -> bool:
         return self.sequence_source is not None
+
+    @property
+    def name(self) -> str:
+        return self.root.name
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,30 +222,78 @@ def _no_pairs_message(index: DatasetIndex) -> str:
     )
 
 
-def index_dataset(root: str | Path) -> DatasetIndex:
-    """Find the layout under ``root``, pair images with masks by id, and attach sequences if known."""
-    index = _scan(root)
-    if not index.pairs:
-        raise PolypsegError(_no_pairs_message(index))
-    return index
+def data_folders(data: str | Path | Sequence[str | Path]) -> list[str]:
+    """One folder or several (``Config.data`` may be either) -> a list of folders."""
+    folders = [str(data)] if isinstance(data, (str, Path)) else [str(d) for d in data]
+    if not folders:
+        raise PolypsegError("No data folder was given. Pass --data DIR (more than once for several data sets).")
+    return folders
+
+
+def index_dataset(root: str | Path | Sequence[str | Path]) -> DatasetIndex:
+    """Find the layout under ``root``, pair images with masks by id, and attach sequences if known.
+
+    ``root`` may be a list of folders: their pairs are read together, each frame's id becoming
+    ``"name/id"`` (name: the dataset folder's name), and ``index.sources`` keeps every folder's own index
+    so that splits and the leak stay per folder.
+    """
+    folders = data_folders(root)
+    indexes = []
+    for folder in folders:
+        index = _scan(folder)
+        if not index.pairs:
+            raise PolypsegError(_no_pairs_message(index))
+        indexes.append(index)
+    if len(indexes) == 1:
+        return indexes[0]
+    return _combine(indexes)
+
+
+def _combine(indexes: list[DatasetIndex]) -> DatasetIndex:
+    names = [i.name for i in indexes]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise PolypsegError(
+            f"Two data folders have the same name ({', '.join(clash)}), so their frames cannot be told apart in "
+            "a split. Rename one of the folders, or give each data set once."
+        )
+    pairs = [
+        Pair(f"{i.name}/{p.id}", p.image, p.mask, p.sequence, source=i.name) for i in indexes for p in i.pairs
+    ]
+    return DatasetIndex(
+        root=Path(os.path.commonpath([str(i.root.resolve()) for i in indexes])),
+        layout="+".join(dict.fromkeys(i.layout for i in indexes)),
+        pairs=pairs,
+        unpaired_images=[f for i in indexes for f in i.unpaired_images],
+        unpaired_masks=[f for i in indexes for f in i.unpaired_masks],
+        sequence_source=None,  # per folder: see sources
+        pranet={f"{i.name}/{k}": v for i in indexes for k, v in i.pranet.items()},
+        sources={i.name: i for i in indexes},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Sequences
 
 
-def _read_sequences_csv(path: Path, ids: list[str]) -> tuple[dict[str, int], dict[str, str]]:
-    """(id -> sequence, id -> pranet side) from a ``id,sequence[,pranet_split]`` file."""
+def read_csv_rows(path: Path, columns: set[str], needs: str) -> list[dict[str, str]]:
+    """The rows of a small CSV that must have ``columns``; ``needs`` says what the file should hold."""
     try:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise PolypsegError(f"The file {path} does not exist.") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise PolypsegError(f"Cannot read {path}: {exc}. Fix or remove the file.") from exc
-    if not rows or not {"id", "sequence"} <= set(rows[0]):
-        raise PolypsegError(
-            f"{path} needs the columns 'id,sequence' (and optionally 'pranet_split'), one row per frame. "
-            "Fix the file, or remove it to go without sequence information."
-        )
+    if not rows or not columns <= set(rows[0]):
+        raise PolypsegError(f"{path} needs {needs}.")
+    return rows
+
+
+def _read_sequences_csv(path: Path, ids: list[str]) -> tuple[dict[str, int], dict[str, str]]:
+    """(id -> sequence, id -> pranet side) from a ``id,sequence[,pranet_split]`` file."""
+    rows = read_csv_rows(path, {"id", "sequence"}, "the columns 'id,sequence' (and optionally 'pranet_split'), "
+                         "one row per frame. Fix the file, or remove it to go without sequence information")
     sequences: dict[str, int] = {}
     pranet: dict[str, str] = {}
     for line, row in enumerate(rows, start=2):
@@ -283,7 +342,26 @@ def _sequences(
     if ids and _is_cvc_clinicdb(ids):
         test = {f"{n:03d}" for n in PRANET_TEST_FRAMES}
         return _cvc_sequences(ids), README_SOURCE, {i: "test" if i in test else "train" for i in ids}
+    for folder in dict.fromkeys((data_root, given)):
+        path = folder / PRANET_CSV
+        if path.is_file():
+            return None, None, _read_pranet_csv(path, ids)
     return None, None, {}
+
+
+def _read_pranet_csv(path: Path, ids: list[str]) -> dict[str, str]:
+    """id -> "train" | "test" from an ``id,pranet_split`` file (frames it leaves out are on neither side)."""
+    rows = read_csv_rows(path, {"id", "pranet_split"}, "the columns 'id,pranet_split' (train or test), one row per frame")
+    known = set(ids)
+    sides = {}
+    for line, row in enumerate(rows, start=2):
+        frame_id = normalize_id((row["id"] or "").strip())
+        side = (row["pranet_split"] or "").strip().lower()
+        if side not in ("train", "test"):
+            raise PolypsegError(f"{path}, line {line}: the side '{side}' of '{frame_id}' is neither train nor test.")
+        if frame_id in known:
+            sides[frame_id] = side
+    return sides
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -391,6 +469,81 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
 # data check
 
 
+def sizes_text(sizes: Counter, most: int = 3) -> str:
+    """Image sizes in one short line: the most common ones, the range, and how many distinct sizes."""
+    if not sizes:
+        return "-"
+    common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(most))
+    if len(sizes) <= most:
+        return common
+    by_area = sorted(sizes, key=lambda wh: (wh[0] * wh[1], wh))
+    (w0, h0), (w1, h1) = by_area[0], by_area[-1]
+    return f"{len(sizes)} sizes, {w0}x{h0} to {w1}x{h1}; most common {common}"
+
+
+@dataclass
+class PairCheck:
+    """What reading one pair found. ``problems`` make the pair unusable (one sentence each)."""
+
+    pair: Pair
+    size: tuple[int, int] | None = None  # (width, height) of the image
+    digest: str | None = None
+    nonbinary: int = 0
+    empty: bool = False
+    problems: list[str] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def check_pair(pair: Pair) -> PairCheck:
+    """Read one image and its mask; say what would stop training or evaluation on it."""
+    out = PairCheck(pair)
+    image = mask = None
+    try:
+        image = read_image(pair.image)
+        out.size = (image.shape[1], image.shape[0])
+        out.digest = hashlib.sha256(str(image.shape).encode() + image.tobytes()).hexdigest()
+    except PolypsegError as exc:
+        why = str(exc.__cause__ or exc)
+        out.unreadable.append((pair.image, why))
+        out.problems.append(f"Cannot read {pair.image}: {why}.")
+    try:
+        mask, out.nonbinary = read_mask(pair.mask)
+        out.empty = not mask.any()
+    except PolypsegError as exc:
+        why = str(exc.__cause__ or exc)
+        out.unreadable.append((pair.mask, why))
+        out.problems.append(f"Cannot read {pair.mask}: {why}.")
+    if image is not None and mask is not None and mask.shape != image.shape[:2]:
+        out.problems.append(
+            f"The mask {pair.mask} is {_size_text(mask.shape)} but its image is {_size_text(image.shape)} "
+            "(width x height)."
+        )
+    return out
+
+
+def check_pairs(pairs: Sequence[Pair], desc: str = "checking") -> list[PairCheck]:
+    """``check_pair`` for every pair, decoding in threads (the decoders release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return list(tqdm(pool.map(check_pair, pairs), total=len(pairs), desc=desc, unit="pair", disable=None))
+
+
+def usable_pairs(pairs: Sequence[Pair], skip_bad: bool = False, what: str = "training") -> tuple[list[Pair], list[PairCheck]]:
+    """(the pairs that can be used, the checks of those that cannot). Bad pairs are an error unless
+    ``skip_bad``: a run must not die mid-epoch inside a data loader worker on a file read at the start."""
+    checks = check_pairs(pairs)
+    bad = [c for c in checks if c.problems]
+    if bad and not skip_bad:
+        listed = " ".join(f"{c.pair.id}: {' '.join(c.problems)}" for c in bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise PolypsegError(
+            f"{len(bad)} of the {len(pairs)} image/mask pairs for {what} cannot be used{more}. {listed} Fix or "
+            "remove them (`polypseg data check DIR` lists every problem), or pass --skip-bad to leave them out."
+        )
+    return [c.pair for c in checks if not c.problems], bad
+
+
 @dataclass
 class CheckReport:
     root: Path
@@ -407,7 +560,7 @@ class CheckReport:
     duplicate_images: list[list[str]]  # groups of ids with identical pixels
     sequences: int
     sequence_source: str | None
-    allow_mixed_sizes: bool = False
+    pranet_sides: Counter = field(default_factory=Counter)  # "train"/"test" -> frames
 
     @property
     def problems(self) -> list[str]:
@@ -420,14 +573,7 @@ class CheckReport:
             )
         for path, why in self.unreadable:
             out.append(f"Cannot read {path}: {why}. Replace or remove it (with its image or mask).")
-        out += self.size_mismatches
-        if len(self.sizes) > 1 and not self.allow_mixed_sizes:
-            sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in self.sizes.most_common())
-            out.append(
-                f"The images come in {len(self.sizes)} sizes: {sizes}. Training scales every frame to the "
-                "model's input size, which distorts nothing but mixes scales; if that is intended, pass "
-                "--allow-mixed-sizes, otherwise remove the odd images."
-            )
+        out += [f"{m} Fix or remove the pair." for m in self.size_mismatches]
         return out
 
     @property
@@ -449,8 +595,10 @@ class CheckReport:
                 + (" ..." if len(self.empty_masks) > 10 else "")
                 + ". Per-image Dice is undefined for them when the prediction is empty too."
             )
-        for group in self.duplicate_images:
-            out.append(f"Frames {', '.join(group)} have identical pixels; they can leak across a split.")
+        groups = self.duplicate_images
+        if groups:
+            shown = "; ".join(", ".join(g) for g in groups[:5]) + (" ..." if len(groups) > 5 else "")
+            out.append(f"{len(groups)} groups of frames have identical pixels ({shown}); they can leak across a split.")
         if self.sequence_source is None:
             out.append(
                 "No sequence information (no sequences.csv), so only frame-level ('random') splits can be "
@@ -479,13 +627,17 @@ class CheckReport:
             "duplicate_images": self.duplicate_images,
             "sequences": self.sequences,
             "sequence_source": self.sequence_source,
+            "pranet_sides": dict(self.pranet_sides),
             "usable": self.usable,
             "problems": self.problems,
             "warnings": self.warnings,
         }
 
     def table(self) -> str:
-        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in self.sizes.most_common()) or "-"
+        sizes = sizes_text(self.sizes)
+        if len(self.sizes) > 1:
+            sizes += " (mixed sizes are fine: each frame is scaled, aspect kept, to fit the model's input and padded)"
+        pranet = ", ".join(f"{n} {side}" for side, n in sorted(self.pranet_sides.items())) or "-"
         rows = [
             ("folder", str(self.root)),
             ("layout", self.layout),
@@ -498,6 +650,7 @@ class CheckReport:
             ("empty masks", str(len(self.empty_masks))),
             ("duplicate images", str(sum(len(g) for g in self.duplicate_images))),
             ("sequences", f"{self.sequences} (from {self.sequence_source})" if self.sequence_source else "-"),
+            ("PraNet split", pranet),
             ("usable", "yes" if self.usable else "NO"),
         ]
         width = max(len(name) for name, _ in rows)
@@ -507,53 +660,30 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_dataset(root: str | Path, allow_mixed_sizes: bool = False) -> CheckReport:
+def check_dataset(root: str | Path) -> CheckReport:
     """Read every image and mask under ``root`` and report what would stop or mislead training."""
     index = _scan(root)
-    sizes: Counter = Counter()
-    unreadable: list[tuple[Path, str]] = []
-    mismatches: list[str] = []
-    nonbinary_masks = nonbinary_pixels = 0
-    empty: list[str] = []
+    checks = check_pairs(index.pairs)
     by_hash: dict[str, list[str]] = {}
-    for pair in tqdm(index.pairs, desc="checking", unit="pair", disable=None):
-        image = mask = None
-        try:
-            image = read_image(pair.image)
-            sizes[(image.shape[1], image.shape[0])] += 1
-            digest = hashlib.sha256(str(image.shape).encode() + image.tobytes()).hexdigest()
-            by_hash.setdefault(digest, []).append(pair.id)
-        except PolypsegError as exc:
-            unreadable.append((pair.image, str(exc.__cause__ or exc)))
-        try:
-            mask, nonbinary = read_mask(pair.mask)
-            nonbinary_masks += nonbinary > 0
-            nonbinary_pixels += nonbinary
-            if not mask.any():
-                empty.append(pair.id)
-        except PolypsegError as exc:
-            unreadable.append((pair.mask, str(exc.__cause__ or exc)))
-        if image is not None and mask is not None and mask.shape != image.shape[:2]:
-            mismatches.append(
-                f"The mask {pair.mask} is {_size_text(mask.shape)} but its image is {_size_text(image.shape)} "
-                "(width x height). Fix or remove the pair."
-            )
+    for c in checks:
+        if c.digest is not None:
+            by_hash.setdefault(c.digest, []).append(c.pair.id)
     return CheckReport(
         root=index.root,
         layout=index.layout,
         pairs=len(index.pairs),
-        sizes=sizes,
+        sizes=Counter(c.size for c in checks if c.size is not None),
         unpaired_images=index.unpaired_images,
         unpaired_masks=index.unpaired_masks,
-        unreadable=unreadable,
-        size_mismatches=mismatches,
-        nonbinary_masks=nonbinary_masks,
-        nonbinary_pixels=nonbinary_pixels,
-        empty_masks=empty,
+        unreadable=[u for c in checks for u in c.unreadable],
+        size_mismatches=[p for c in checks for p in c.problems if p.startswith("The mask ")],
+        nonbinary_masks=sum(c.nonbinary > 0 for c in checks),
+        nonbinary_pixels=sum(c.nonbinary for c in checks),
+        empty_masks=[c.pair.id for c in checks if c.empty],
         duplicate_images=[ids for ids in by_hash.values() if len(ids) > 1],
         sequences=len({p.sequence for p in index.pairs}) if index.has_sequences else 0,
         sequence_source=index.sequence_source,
-        allow_mixed_sizes=allow_mixed_sizes,
+        pranet_sides=Counter(index.pranet.values()),
     )
 
 

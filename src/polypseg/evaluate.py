@@ -24,14 +24,44 @@ import numpy as np
 from tqdm import tqdm
 
 from . import metrics
-from .data import Pair, index_dataset, load_pair
+from .data import Pair, index_dataset, load_pair, usable_pairs
 from .errors import PolypsegError
+from .config import Config
 from .model import read_checkpoint_meta, resolve_checkpoint
 from .predict import Predictor
-from .splits import _leak_text, load_split, split_pairs
+from .splits import SIDES, leak_sentence, leak_text, load_split, split_pairs, with_index
 from .viz import GREEN, YELLOW, overlay
 
 SUMMARY_FORMAT = "polypseg-eval/1"
+# The keyword options of evaluate() and evaluate_sets(), with their defaults.
+EVAL_OPTIONS: dict[str, Any] = dict(tta=False, threshold=None, bootstrap=1000, pranet_mdice=False, gallery=8,
+                                    device="cpu", seed=0, progress=True, skip_bad=False)
+
+
+def _prepare(run, device: str, tta: bool, threshold: float | None, bootstrap: int):
+    """(predictor, checkpoint file, threshold, where the threshold came from), the inputs checked."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise PolypsegError(f"The threshold must lie between 0 and 1, got {threshold}.")
+    if bootstrap < 0:
+        raise PolypsegError(f"The number of bootstrap resamples must be 0 or more, got {bootstrap}.")
+    weights = resolve_checkpoint(run)
+    predictor = Predictor(weights, device=device, tta=tta)
+    if threshold is None:
+        threshold = predictor.threshold
+        from_validation = read_checkpoint_meta(weights).get("metrics", {}).get("threshold_from") == "validation"
+        source = "checkpoint, chosen on the validation side" if from_validation else "checkpoint config, not tuned"
+    else:
+        source = "given"
+    return predictor, weights, float(threshold), source
+
+
+def _output_folder(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise PolypsegError(f"{out} is a file; give a folder for the evaluation (-o).")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # unlike mkdtemp, honours the umask: the finished folder is as readable as any other
+    return tmp
 
 
 def evaluate(
@@ -48,6 +78,7 @@ def evaluate(
     device: str = "cpu",
     seed: int = 0,
     progress: bool = True,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``run`` and write its evaluation folder; returns the summary (as in summary.json).
 
@@ -55,17 +86,18 @@ def evaluate(
     pair of ``data`` (default: the run's data folder), of any size: the model sees each frame at its
     input size, the metrics compare at the frame's own size. ``bootstrap``: resamples for the 95%
     intervals (0: none), drawn with ``seed``. ``gallery``: how many frames (half best, half worst)
-    the report shows.
+    the report shows. A run trained on several folders is evaluated on each folder's test side
+    (``evaluate_sets``). Unreadable pairs are an error, or left out (and listed) with ``skip_bad``.
     """
     if all_pairs and split is not None:
         raise PolypsegError("Give either a split file or --all (every pair of the folder), not both.")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise PolypsegError(f"The threshold must lie between 0 and 1, got {threshold}.")
-    if bootstrap < 0:
-        raise PolypsegError(f"The number of bootstrap resamples must be 0 or more, got {bootstrap}.")
     weights = resolve_checkpoint(run)
+    run_cfg = Config.from_dict(read_checkpoint_meta(weights)["config"])
+    if data is None and split is None and not all_pairs and isinstance(run_cfg.data, list):
+        options = {k: v for k, v in locals().items() if k in EVAL_OPTIONS}
+        return evaluate_sets(run, None, out=out, **options)
+    predictor, weights, threshold, source = _prepare(run, device, tta, threshold, bootstrap)
     run_dir = weights.parent
-    predictor = Predictor(weights, device=device, tta=tta)
     cfg = predictor.config
     index = index_dataset(data if data is not None else cfg.data)
     if all_pairs:
@@ -74,29 +106,14 @@ def evaluate(
                      "leak_text": "Leak: no split; every pair of the folder is evaluated."}
     else:
         pairs, selection = _select(index, run_dir, split)
+    pairs = _usable(pairs, skip_bad, selection)
     selection["seen_in_training"] = _seen_in_training(run_dir, index, cfg, data, [p.id for p in pairs])
-    if threshold is None:
-        threshold = predictor.threshold
-        from_validation = read_checkpoint_meta(weights).get("metrics", {}).get("threshold_from") == "validation"
-        source = "checkpoint, chosen on the validation side" if from_validation else "checkpoint config, not tuned"
-    else:
-        source = "given"
     out = Path(out) if out is not None else run_dir / f"eval-{selection['name']}"
-    if out.exists() and not out.is_dir():
-        raise PolypsegError(f"{out} is a file; give a folder for the evaluation (-o).")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()  # unlike mkdtemp, honours the umask: the finished folder is as readable as any other
+    tmp = _output_folder(out)
     try:
-        summary = _evaluate_into(
-            tmp, predictor, pairs, threshold, bootstrap, pranet_mdice, gallery, seed, progress
-        )
-        summary.update(
-            run=str(run_dir), checkpoint=str(weights), data=str(index.root), selection=selection,
-            threshold=float(threshold), threshold_source=source, tta=tta, device=device,
-            model=cfg.to_dict(), out=str(out),
-        )
+        summary = _evaluate_set(tmp, predictor, pairs, selection, index, threshold, source, weights,
+                                tta, device, bootstrap, pranet_mdice, gallery, seed, progress)
+        summary["out"] = str(out)
         _write_summary(tmp, summary)
         _write_reports(tmp, summary)
         _replace_folder(tmp, out)
@@ -104,6 +121,137 @@ def evaluate(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def _usable(pairs: list[Pair], skip_bad: bool, selection: dict[str, Any]) -> list[Pair]:
+    """The pairs that can be read, checked before any prediction; bad ones are an error unless skipped."""
+    good, bad = usable_pairs(pairs, skip_bad=skip_bad, what=f"evaluation ({selection['name']})")
+    selection["left_out"] = [{"id": c.pair.id, "problem": " ".join(c.problems)} for c in bad]
+    if not good:
+        raise PolypsegError(f"No usable image/mask pair is left to evaluate in {selection['name']}.")
+    return good
+
+
+def _evaluate_set(folder, predictor, pairs, selection, index, threshold, source, weights, tta, device,
+                  bootstrap, pranet_mdice, gallery, seed, progress) -> dict[str, Any]:
+    summary = _evaluate_into(folder, predictor, pairs, threshold, bootstrap, pranet_mdice, gallery, seed, progress)
+    summary.update(
+        run=str(weights.parent), checkpoint=str(weights), data=str(index.root), selection=selection,
+        threshold=float(threshold), threshold_source=source, tta=tta, device=device,
+        model=predictor.config.to_dict(), out=str(folder),
+    )
+    return summary
+
+
+def parse_test_set(spec: str) -> tuple[str, str | None]:
+    """``DIR`` -> (DIR, None): every pair of the folder; ``DIR:SIDE`` -> (DIR, SIDE): the frames of that
+    folder on SIDE (train, val or test) of the run's split."""
+    folder, sep, side = str(spec).rpartition(":")
+    if sep and side in SIDES:
+        return folder, side
+    if sep and folder and "/" not in side:
+        raise PolypsegError(f"'{spec}': the part after ':' must be train, val or test (the side of the run's split).")
+    return str(spec), None
+
+
+def _test_set(spec: str, run_dir: Path, cfg) -> tuple[Any, list[Pair], dict[str, Any]]:
+    """(the folder's index, its pairs to evaluate, a description) for one test set."""
+    folder, side = parse_test_set(spec)
+    index = index_dataset(folder)
+    path = run_dir / "split.json"
+    run_split = load_split(path) if path.is_file() else None
+    if side is None:
+        pairs = list(index.pairs)
+        selection = {"name": f"{index.name}-all", "side": "all", "split": None, "leak": None,
+                     "leak_text": "Leak: no split; every pair of the folder is evaluated."}
+    else:
+        if run_split is None:
+            raise PolypsegError(f"The run {run_dir} has no split.json, so '{spec}' names no frames. Give the folder alone.")
+        ids = _ids_in_folder(run_split, getattr(run_split, side), index)
+        if not ids:
+            raise PolypsegError(
+                f"The run's split puts no frame of {index.root} on its {side} side. Give the folder alone to "
+                "evaluate every pair of it."
+            )
+        by_id = {p.id: p for p in index.pairs}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise PolypsegError(f"The run's split names {len(missing)} frames missing from {index.root} (e.g. {missing[:3]}).")
+        pairs = [by_id[i] for i in ids]
+        leak = run_split.leak.get("per_folder", {}).get(index.name, run_split.leak)
+        info = run_split.folders[index.name] if run_split.folders else {"sequences": run_split.sequences}
+        selection = {
+            "name": f"{index.name}-{side}", "side": side,
+            "split": {"strategy": run_split.strategy, "seed": run_split.seed, "fold": run_split.fold, "path": str(path)},
+            "leak": leak, "leak_text": leak_sentence(leak, info.get("sequences")),
+        }
+    if run_split is not None:
+        trained = set(_ids_in_folder(run_split, run_split.train + run_split.val, index))
+        selection["seen_in_training"] = sum(p.id in trained for p in pairs)
+    else:
+        selection["seen_in_training"] = None
+    return index, pairs, selection
+
+
+def _ids_in_folder(split, ids: list[str], index) -> list[str]:
+    """The ids of ``split`` that name frames of ``index``'s folder, in that folder's own naming."""
+    if split.folders:
+        prefix = index.name + "/"
+        return [i[len(prefix):] for i in ids if i.startswith(prefix)]
+    if split.data and Path(split.data).resolve() != Path(index.root).resolve():
+        return []  # another folder may reuse the run's frame names
+    return list(ids)
+
+
+def evaluate_sets(run: str | Path, test_sets: list[str] | None = None, out: str | Path | None = None,
+                  **options: Any) -> dict[str, Any]:
+    """Evaluate ``run`` on several test sets, as the polyp literature reports: one row each.
+
+    ``test_sets``: ``DIR`` (every pair of a folder) or ``DIR:SIDE`` (that folder's frames on a side of the
+    run's split); default: the test side of each folder the run trained on. ``options``: the keyword
+    options of ``evaluate`` (tta, threshold, bootstrap, ...). Writes one sub-folder per set (as ``evaluate``
+    does) and a combined summary.json, report.md and report.html with a section per set.
+    """
+    unknown = sorted(set(options) - EVAL_OPTIONS.keys())
+    if unknown:
+        raise TypeError(f"evaluate_sets() got unknown options {unknown}; valid: {sorted(EVAL_OPTIONS)}")
+    o = {**EVAL_OPTIONS, **options}
+    tta, threshold, bootstrap, pranet_mdice, gallery, device, seed, progress, skip_bad = (
+        o[k] for k in ("tta", "threshold", "bootstrap", "pranet_mdice", "gallery", "device", "seed", "progress",
+                       "skip_bad"))
+    predictor, weights, threshold, source = _prepare(run, device, tta, threshold, bootstrap)
+    run_dir = weights.parent
+    cfg = predictor.config
+    if not test_sets:
+        folders = cfg.data if isinstance(cfg.data, list) else [cfg.data]
+        test_sets = [f"{folder}:test" for folder in folders]
+    chosen = [_test_set(spec, run_dir, cfg) for spec in test_sets]  # every spec checked before any work
+    names = [selection["name"] for _, _, selection in chosen]
+    if len(set(names)) != len(names):
+        raise PolypsegError(f"Two test sets have the same name ({', '.join(names)}); give each one once.")
+    chosen = [(index, _usable(pairs, skip_bad, selection), selection) for index, pairs, selection in chosen]
+    out = Path(out) if out is not None else run_dir / "eval-sets"
+    tmp = _output_folder(out)
+    try:
+        sets = []
+        for index, pairs, selection in chosen:
+            sub = tmp / selection["name"]
+            sub.mkdir()
+            summary = _evaluate_set(sub, predictor, pairs, selection, index, threshold, source, weights,
+                                    tta, device, bootstrap, pranet_mdice, gallery, seed, progress)
+            summary["out"] = str(out / selection["name"])
+            _write_summary(sub, summary)
+            _write_reports(sub, summary)
+            sets.append(summary)
+        combined = {"format": SUMMARY_FORMAT, "run": str(run_dir), "checkpoint": str(weights), "out": str(out),
+                    "test_sets": sets}
+        _write_summary(tmp, combined)
+        _write_combined_reports(tmp, combined)
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return combined
 
 
 def _select(index, run_dir: Path, split) -> tuple[list[Pair], dict[str, Any]]:
@@ -114,14 +262,14 @@ def _select(index, run_dir: Path, split) -> tuple[list[Pair], dict[str, Any]]:
             f"The run {run_dir} has no split.json. Give the split whose test side to evaluate (--split FILE), "
             "or evaluate every pair of a folder (--all)."
         )
-    s = load_split(path)  # a k-fold split saved by train records its fold
+    s = with_index(load_split(path), index)  # a k-fold split saved by train records its fold
     if not s.test:
         raise PolypsegError(f"The split {path} has no test side. Make one with a test side (polypseg data split).")
     pairs = split_pairs(s, index)["test"]
     info = {"strategy": s.strategy, "seed": s.seed, "fold": s.fold, "path": str(path)}
     return pairs, {
         "name": "test" if split is None else f"{path.stem}-test",
-        "side": "test", "split": info, "leak": s.leak, "leak_text": _leak_text(s.leak, s.sequences),
+        "side": "test", "split": info, "leak": s.leak, "leak_text": leak_text(s),
     }
 
 
@@ -147,10 +295,12 @@ def _evaluate_into(
     """Predict every pair, write per_image.csv and the figures into ``tmp``; the summary's numbers."""
     thresholds = metrics.DEFAULT_THRESHOLDS
     rows, counts, curve_counts, hd = [], [], [], []
+    sod = metrics.SodMeasures()
     start = time.perf_counter()
     for pair in tqdm(pairs, desc="evaluate", unit="img", disable=not progress):
         image, mask = load_pair(pair)
         prob = predictor.predict_prob(image)
+        sod.add(prob, mask)
         pred = prob >= threshold
         c = metrics.confusion(pred, mask)
         distance, one_empty = metrics.hd95(pred, mask)
@@ -183,6 +333,7 @@ def _evaluate_into(
             "n_one_empty": sum(r["hd95_one_empty"] for r in rows), "rule": metrics.HD95_RULE,
         },
         "pranet_mdice": float(np.mean([r["pranet_mdice"] for r in rows])) if pranet_mdice else None,
+        "sod": sod.results(),
         "empty_rule": metrics.EMPTY_RULE,
         "per_sequence": _per_sequence(rows),
         "threshold_curve": metrics.threshold_curve(np.stack(curve_counts), thresholds),
@@ -388,6 +539,13 @@ def _blocks(summary) -> list[tuple]:
               + f", median {summary['hd95']['median']:.1f}; {summary['hd95']['n_one_empty']} image(s) with "
               f"exactly one empty mask. {summary['hd95']['rule']}"),
     ]
+    if summary.get("sod"):
+        b += [
+            ("p", "The polyp papers' toolbox measures (pysodmetrics, as PraNet's MATLAB code: each probability "
+                  "map min-max normalised, averaged over images):"),
+            ("table", ["measure", "value", "definition"],
+             [[label, f"{summary['sod'][k]:.3f}", definition] for k, (label, definition) in metrics.SOD_MEASURES.items()]),
+        ]
     if summary["pranet_mdice"] is not None:
         b.append(("p", f"PraNet-style mDice (per-image Dice averaged over 256 thresholds of the min-max "
                        f"normalised map): {summary['pranet_mdice']:.3f}."))
@@ -464,14 +622,76 @@ def _html(blocks, folder: Path) -> str:
     )
 
 
+def _sets_table(sets: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """One row per test set: the literature's columns (per-image mDice and mIoU with CIs, the toolbox's
+    measures), then how many of its frames the run trained on."""
+    header = ["test set", "images", "mDice", "mIoU"] + [label for label, _ in metrics.SOD_MEASURES.values()] + [
+        "trained on"]
+    rows = []
+    for t in sets:
+        seen = t["selection"].get("seen_in_training")
+        rows.append([t["selection"]["name"], str(t["n_images"]), _ci_text(t, "per-image", "dice"),
+                     _ci_text(t, "per-image", "iou")]
+                    + [f"{t['sod'][k]:.3f}" for k in metrics.SOD_MEASURES]
+                    + ["?" if seen is None else f"{seen} frames"])
+    return header, rows
+
+
+def _combined_blocks(combined: dict[str, Any]) -> list[tuple]:
+    sets = combined["test_sets"]
+    first = sets[0]
+    header, rows = _sets_table(sets)
+    b: list[tuple] = [
+        ("h", 1, "polypseg evaluation on several test sets"),
+        ("p", f"Run `{combined['run']}`. Threshold {first['threshold']:.2f} ({first['threshold_source']}); TTA "
+              f"{'on' if first['tta'] else 'off'}. Model {first['model']['arch']} / {first['model']['encoder']} at "
+              f"{first['model']['height']}x{first['model']['width']}; metrics at each image's own size. mDice and "
+              "mIoU: per-image Dice and IoU of the polyp class, averaged over images, with 95% bootstrap "
+              "intervals; the other columns as the polyp papers' toolbox computes them (pysodmetrics)."),
+        ("table", header, rows),
+    ]
+    for t in sets:
+        name = t["selection"]["name"]
+        for kind, *a in _blocks(t):
+            if kind == "h":
+                b.append(("h", a[0] + 1, name if a[0] == 1 else a[1]))
+            elif kind == "img":
+                b.append(("img", f"{name}/{a[0]}", a[1]))
+            else:
+                b.append((kind, *a))
+    return b
+
+
+def _write_combined_reports(tmp: Path, combined: dict[str, Any]) -> None:
+    blocks = _combined_blocks(combined)
+    (tmp / "report.md").write_text(_markdown(blocks))
+    (tmp / "report.html").write_text(_html(blocks, tmp))
+
+
 def _write_reports(tmp: Path, summary: dict[str, Any]) -> None:
     blocks = _blocks(summary)
     (tmp / "report.md").write_text(_markdown(blocks))
     (tmp / "report.html").write_text(_html(blocks, tmp))
 
 
+def format_sets_table(combined: dict[str, Any]) -> str:
+    """One row per test set, aligned for a terminal, with each set's leak below."""
+    header, rows = _sets_table(combined["test_sets"])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    first = combined["test_sets"][0]
+    lines += ["", f"threshold {first['threshold']:.2f} ({first['threshold_source']}); mDice/mIoU: per-image means "
+                  "with 95% bootstrap intervals"]
+    lines += [f"{t['selection']['name']}: {_leak_line(t)}" for t in combined["test_sets"]]
+    lines.append(f"report: {Path(combined['out']) / 'report.html'}")
+    return "\n".join(lines)
+
+
 def format_summary_table(summary: dict[str, Any]) -> str:
     """The terminal table: headline per-image mDice and mIoU with CIs, then every metric, then the leak."""
+    if "test_sets" in summary:
+        return format_sets_table(summary)
     n = summary["n_images"]
     width = max(len(label) for label, _ in metrics.METRICS.values()) + 2
     lines = [
@@ -490,6 +710,8 @@ def format_summary_table(summary: dict[str, Any]) -> str:
         lines.append(f"{label:<{width}}{_ci_text(summary, 'per-image', k):<26}{_ci_text(summary, 'micro', k)}")
     hd = summary["hd95"]
     lines.append(f"{'HD95 (pixels)':<{width}}{hd['mean']:.1f} mean, {hd['median']:.1f} median")
+    for k, (label, _) in metrics.SOD_MEASURES.items() if summary.get("sod") else ():
+        lines.append(f"{label:<{width}}{summary['sod'][k]:.3f}")
     if summary["pranet_mdice"] is not None:
         lines.append(f"{'PraNet mDice (256 thr.)':<{width}}{summary['pranet_mdice']:.3f}")
     lines += ["", _leak_line(summary), f"report: {Path(summary['out']) / 'report.html'}"]

@@ -221,3 +221,43 @@ def choose_threshold(
     best = np.flatnonzero(dice == dice.max())
     t = float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])
     return t, {**curve, "chosen": t, "reduction": reduction}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The polyp toolbox's saliency-style measures (PraNet's MATLAB evaluation), through pysodmetrics
+
+SOD_MEASURES: dict[str, tuple[str, str]] = {
+    "wfm": ("weighted F-measure", "F-beta (beta 1) of error maps weighted by distance to the object (Margolin 2014)"),
+    "sm": ("S-measure", "structural similarity of object and regions, alpha 0.5 (Fan 2017)"),
+    "mean_em": ("mean E-measure", "enhanced alignment, averaged over 256 thresholds (Fan 2018)"),
+    "max_em": ("max E-measure", "enhanced alignment at the best of 256 thresholds, over the whole set"),
+    "mae": ("MAE", "mean absolute error between probability map and mask"),
+}
+
+
+class SodMeasures:
+    """Accumulates S-measure, weighted F-measure, E-measure and MAE over a test set, as the polyp papers'
+    toolbox does: each probability map is min-max normalised (MATLAB's ``mapminmax``), the measures are
+    averaged over images, and max E-measure is the best threshold of the averaged curve."""
+
+    def __init__(self) -> None:
+        import py_sod_metrics as sod
+
+        self._measures = {"sm": sod.Smeasure(), "wfm": sod.WeightedFmeasure(), "em": sod.Emeasure(), "mae": sod.MAE()}
+
+    def add(self, prob: np.ndarray, gt: np.ndarray) -> None:
+        """One image: probability map in [0, 1] and {0,1} mask of the same size."""
+        pred = np.clip(np.round(prob * 255), 0, 255).astype(np.uint8)
+        mask = gt.astype(np.uint8) * 255
+        for m in self._measures.values():
+            m.step(pred, mask)
+
+    def results(self) -> dict[str, float]:
+        curve = np.asarray(self._measures["em"].get_results()["em"]["curve"], dtype=np.float64)
+        return {
+            "wfm": float(self._measures["wfm"].get_results()["wfm"]),
+            "sm": float(self._measures["sm"].get_results()["sm"]),
+            "mean_em": float(curve.mean()),
+            "max_em": float(curve.max()),
+            "mae": float(self._measures["mae"].get_results()["mae"]),
+        }

@@ -188,7 +188,7 @@ class Predictor:
 
     @property
     def threshold(self) -> float:
-        return self.config.threshold
+        return self.config.decision_threshold
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Normalised float32 N x 3 x H x W (H, W multiples of 32) -> float32 N x H x W probabilities."""

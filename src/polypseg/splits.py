@@ -10,6 +10,7 @@ gives the same split on every machine and Python version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections import defaultdict
@@ -17,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import DatasetIndex, Pair, id_sort_key
+from .data import DatasetIndex, Pair, id_sort_key, normalize_id, read_csv_rows
 from .errors import PolypsegError
 from .files import atomic_write_text
 
 FORMAT = "polypseg-split/1"
 STRATEGIES = ("random", "sequence", "kfold", "pranet")
+# A split read from a user's own list (a CSV of id,side): the strategy recorded for it.
+CUSTOM = "custom"
 SIDES = ("train", "val", "test")
 # (val, test) when unset; train takes the rest. Random: the founding document's protocol, 267 training
 # and 345 test frames out of CVC-ClinicDB's 612, as fractions for other datasets.
@@ -51,6 +54,9 @@ class Split:
     # id -> sequence for every frame of the dataset, or None when unknown; kept so that a file alone
     # can resolve k-fold validation sets and recount the leak.
     sequences: dict[str, int] | None = field(default=None, repr=False)
+    # Several data folders: name -> {"data": folder, "sequences": id -> sequence or None}; the ids above
+    # are then "name/id" and the leak is counted per folder.
+    folders: dict[str, dict[str, Any]] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +72,7 @@ class Split:
             "test": self.test,
             "folds": self.folds,
             "sequences": self.sequences,
+            "folders": self.folders,
         }
 
     def summary(self) -> str:
@@ -77,6 +84,8 @@ class Split:
             rows = [(f"fold {i}", ids) for i, ids in enumerate(self.folds)]
         else:
             rows = [(side, getattr(self, side)) for side in SIDES]
+        if self.folders:
+            return "\n".join(lines + self._folder_lines())
         lines.append(f"{'':<8}{'frames':>8}{'sequences':>11}")
         for name, ids in rows:
             seqs = len({self.sequences[i] for i in ids}) if self.sequences is not None else "?"
@@ -84,8 +93,19 @@ class Split:
         unused = self.params.get("frames", 0) - len({i for _, ids in rows for i in ids})
         if unused > 0:
             lines.append(f"{'unused':<8}{unused:>8}")
-        lines.append(_leak_text(self.leak, self.sequences))
+        lines.append(leak_sentence(self.leak, self.sequences))
         return "\n".join(lines)
+
+    def _folder_lines(self) -> list[str]:
+        width = max(map(len, self.folders)) + 2
+        lines = [f"{'':<{width}}{'train':>7}{'val':>7}{'test':>7}"]
+        for name in self.folders:
+            counts = [sum(1 for i in getattr(self, side) if i.startswith(name + "/")) for side in SIDES]
+            lines.append(f"{name:<{width}}" + "".join(f"{n:>7}" for n in counts))
+        lines.append(f"{'all':<{width}}" + "".join(f"{len(getattr(self, side)):>7}" for side in SIDES))
+        for name, info in self.folders.items():
+            lines.append(f"{name}: " + leak_sentence(self.leak["per_folder"][name], info.get("sequences")))
+        return lines
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -114,7 +134,36 @@ def _leak(sides: dict[str, list[str]], sequences: dict[str, int] | None) -> dict
     }
 
 
-def _leak_text(leak: dict[str, Any], sequences: dict[str, int] | None) -> str:
+def _folder_sides(sides: dict[str, list[str]], name: str) -> dict[str, list[str]]:
+    prefix = name + "/"
+    return {side: [i[len(prefix):] for i in ids if i.startswith(prefix)] for side, ids in sides.items()}
+
+
+def _leak_per_folder(sides: dict[str, list[str]], folders: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The leak of each folder on its own (frames of two data sets are never near-duplicates), and the
+    totals over the folders whose sequences are known."""
+    per = {name: _leak(_folder_sides(sides, name), info.get("sequences")) for name, info in folders.items()}
+    known = [leak for leak in per.values() if leak["known"]]
+    return {
+        "known": len(known) == len(per),
+        "sequences_straddling": sum(leak["sequences_straddling"] for leak in known),
+        "train_test": sum(leak["train_test"] for leak in known),
+        "sequences": [f"{name}/{s}" for name, leak in per.items() for s in leak["sequences"]],
+        "per_folder": per,
+    }
+
+
+def leak_text(split: "Split") -> str:
+    """The split's leak in a sentence (one per folder for several folders)."""
+    if split.folders:
+        return " ".join(
+            f"{name}: {leak_sentence(split.leak['per_folder'][name], info.get('sequences'))}"
+            for name, info in split.folders.items()
+        )
+    return leak_sentence(split.leak, split.sequences)
+
+
+def leak_sentence(leak: dict[str, Any], sequences: dict[str, int] | None) -> str:
     if not leak.get("known"):
         return (
             "Leak: UNKNOWN. The data has no sequence information, so frames of one video may sit on both "
@@ -313,6 +362,8 @@ def make_split(
         raise PolypsegError(f"Unknown split strategy '{strategy}'. Valid strategies: {', '.join(STRATEGIES)}.")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise PolypsegError(f"--seed {seed!r} is not a whole number.")
+    if index.sources:
+        return _split_per_folder(index, strategy, train, val, test, seed)
     ids = [p.id for p in index.pairs]
     n = len(ids)
     sequences = {p.id: p.sequence for p in index.pairs} if index.has_sequences else None
@@ -365,6 +416,51 @@ def make_split(
     return resolve_fold(split, fold) if fold is not None else split
 
 
+def _folder_info(index: DatasetIndex) -> dict[str, Any]:
+    sequences = {p.id: p.sequence for p in index.pairs} if index.has_sequences else None
+    return {"data": str(Path(index.root).resolve()), "sequences": sequences}
+
+
+def _split_per_folder(index: DatasetIndex, strategy: str, train: Size, val: Size, test: Size, seed: int) -> Split:
+    """Several folders: each split on its own with the same strategy, sizes and seed, then joined."""
+    if strategy == "kfold":
+        raise PolypsegError(
+            "k-fold splits take one data folder. Give one --data, or use --strategy sequence, random or pranet "
+            "with several."
+        )
+    parts = {}
+    for name, sub in index.sources.items():
+        try:
+            parts[name] = make_split(sub, strategy, train=train, val=val, test=test, seed=seed)
+        except PolypsegError as exc:
+            raise PolypsegError(f"Splitting the data folder '{name}' ({sub.root}): {exc}") from None
+    sides = {side: [f"{name}/{i}" for name, s in parts.items() for i in getattr(s, side)] for side in SIDES}
+    folders = {name: _folder_info(sub) for name, sub in index.sources.items()}
+    params = {
+        "frames": len(index.pairs),
+        "per_folder": {name: s.params for name, s in parts.items()},
+    }
+    return Split(
+        strategy=strategy, seed=seed, **sides, params=params, leak=_leak_per_folder(sides, folders),
+        data=" + ".join(info["data"] for info in folders.values()), folders=folders,
+    )
+
+
+def with_index(split: Split, index: DatasetIndex) -> Split:
+    """A split read from a file that carries no sequences (a user's CSV) with its leak counted from the
+    sequences of ``index``; other splits are returned as they are."""
+    if split.sequences is not None or split.folders:
+        return split
+    sides = {side: getattr(split, side) for side in SIDES}
+    if index.sources:
+        folders = {name: _folder_info(sub) for name, sub in index.sources.items()}
+        return dataclasses.replace(split, folders=folders, leak=_leak_per_folder(sides, folders))
+    if index.has_sequences:
+        sequences = {p.id: p.sequence for p in index.pairs}
+        return dataclasses.replace(split, sequences=sequences, leak=_leak(sides, sequences))
+    return split
+
+
 def split_pairs(split: Split, index: DatasetIndex) -> dict[str, list[Pair]]:
     """``{"train": [...], "val": [...], "test": [...]}`` as pairs of ``index``; every id must be there."""
     if split.folds is not None and split.fold is None:
@@ -382,6 +478,30 @@ def split_pairs(split: Split, index: DatasetIndex) -> dict[str, list[Pair]]:
 
 # ---------------------------------------------------------------------------------------------------
 # Files
+
+
+def _load_csv(path: Path) -> Split:
+    """A user's own split: a CSV with columns ``id,side`` (side train, val or test; other rows unused).
+    With several data folders, ids are ``folder/id`` as ``polypseg data split`` writes them."""
+    rows = read_csv_rows(path, {"id", "side"}, "the columns 'id,side' (side: train, val or test), one row per frame")
+
+    sides: dict[str, list[str]] = {side: [] for side in SIDES}
+    seen: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        raw_id, side = (row["id"] or "").strip(), (row["side"] or "").strip().lower()
+        folder, _, frame = raw_id.rpartition("/")
+        frame_id = f"{folder}/{normalize_id(frame)}" if folder else normalize_id(frame)
+        if not frame_id or frame_id in seen:
+            raise PolypsegError(f"{path}, line {line}: the frame '{raw_id}' is empty or listed twice.")
+        seen.add(frame_id)
+        if side in SIDES:
+            sides[side].append(frame_id)
+        elif side not in ("", "unused", "none"):
+            raise PolypsegError(f"{path}, line {line}: the side '{side}' is not train, val or test.")
+    if not sides["train"] and not sides["test"]:
+        raise PolypsegError(f"The split file {path} puts no frame on the train or test side.")
+    return Split(strategy=CUSTOM, seed=0, **sides, params={"frames": len(rows), "file": str(path)},
+                 leak=_leak(sides, None), data=None)
 
 
 def save_split(split: Split, path: str | Path) -> Path:
@@ -415,6 +535,10 @@ def load_split(path: str | Path, fold: int | None = None) -> Split:
     """Read and check a split file. For a k-fold file, ``fold`` (or the fold stored in the file) chooses
     the test fold, and train/val/test are resolved from it."""
     path = Path(path)
+    if path.suffix.lower() == ".csv":
+        if fold is not None:
+            raise PolypsegError(f"--fold {fold} was given, but {path} is a list of frames without folds.")
+        return _load_csv(path)
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
@@ -423,10 +547,12 @@ def load_split(path: str | Path, fold: int | None = None) -> Split:
         ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bad_file(path, f"it cannot be read as JSON ({exc})") from exc
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise _bad_file(path, f"it lacks \"format\": \"{FORMAT}\"")
-    if raw.get("strategy") not in STRATEGIES:
-        raise _bad_file(path, f"the strategy {raw.get('strategy')!r} is not one of {', '.join(STRATEGIES)}")
+    if not isinstance(raw, dict) or raw.get("format", FORMAT) != FORMAT or not ({"train", "test"} & raw.keys()):
+        raise _bad_file(path, f"it needs \"train\" and \"test\" lists of frame ids (and \"format\": \"{FORMAT}\" if any)")
+    if not isinstance(raw.get("strategy", CUSTOM), str):
+        raise _bad_file(path, "'strategy' must be a name (any text, e.g. how the split was made)")
+    raw.setdefault("strategy", CUSTOM)
+    raw.setdefault("seed", 0)
     if isinstance(raw.get("seed"), bool) or not isinstance(raw.get("seed"), int):
         raise _bad_file(path, "'seed' must be a whole number")
     if not isinstance(raw.get("params", {}), dict):
@@ -455,9 +581,19 @@ def load_split(path: str | Path, fold: int | None = None) -> Split:
     if raw["strategy"] != "kfold" and folds is not None:
         raise _bad_file(path, f"a '{raw['strategy']}' split has no 'folds'")
 
+    folders = raw.get("folders")
+    if folders is not None:
+        if not isinstance(folders, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("sequences"), (dict, type(None))) for v in folders.values()
+        ):
+            raise _bad_file(path, "'folders' must map folder names to {\"data\": ..., \"sequences\": {...} or null}")
+        listed = set().union(*sides.values())
+        if any(i.split("/", 1)[0] not in folders for i in listed):
+            raise _bad_file(path, "with 'folders', every frame id must be 'folder/id' with a folder it names")
+    leak = _leak_per_folder(sides, folders) if folders else _leak(sides, sequences)
     split = Split(
         strategy=raw["strategy"], seed=raw["seed"], **sides, params=raw.get("params", {}),
-        leak=_leak(sides, sequences), folds=folds, fold=None, data=raw.get("data"), sequences=sequences,
+        leak=leak, folds=folds, fold=None, data=raw.get("data"), sequences=sequences, folders=folders,
     )
     if folds is None:
         if fold is not None:

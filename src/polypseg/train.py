@@ -7,6 +7,7 @@ Run folder (see docs/DESIGN.md): config.json, split.json, metrics.csv, curve.png
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -22,11 +23,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from .config import Config
-from .data import SegmentationDataset, index_dataset
+from .data import SegmentationDataset, index_dataset, usable_pairs
 from .errors import PolypsegError
 from .files import atomic_write
 from .model import build_model, load_checkpoint, save_checkpoint
-from .splits import load_split, make_split, resolve_fold, save_split
+from .splits import load_split, make_split, resolve_fold, save_split, with_index
 from .transforms import eval_transform, train_transform
 
 # Lightning's start-up tips and a deprecation inside its own code say nothing to a polypseg user.
@@ -34,7 +35,22 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.traine
     logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
-LOSSES = ("dice+bce", "dice", "bce", "focal", "lovasz", "tversky")
+LOSSES = ("dice+bce", "structure", "dice", "bce", "focal", "lovasz", "tversky")
+
+
+class StructureLoss(torch.nn.Module):
+    """PraNet's loss: BCE and soft IoU, each weighted up to 6x near the polyp's outline (where a pixel's
+    label differs from its 31x31 neighbourhood's mean), so that boundaries count more than interiors."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = 1 + 5 * torch.abs(torch.nn.functional.avg_pool2d(target, 31, stride=1, padding=15) - target)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        wbce = (weight * bce).sum((2, 3)) / weight.sum((2, 3))
+        prob = torch.sigmoid(logits)
+        inter = (prob * target * weight).sum((2, 3))
+        union = ((prob + target) * weight).sum((2, 3))
+        wiou = 1 - (inter + 1) / (union - inter + 1)
+        return (wbce + wiou).mean()
 
 
 def make_loss(cfg: Config) -> torch.nn.Module:
@@ -45,10 +61,13 @@ def make_loss(cfg: Config) -> torch.nn.Module:
         "focal": lambda: smp.losses.FocalLoss(mode),
         "lovasz": lambda: smp.losses.LovaszLoss(mode),
         "tversky": lambda: smp.losses.TverskyLoss(mode, from_logits=True),
+        "structure": StructureLoss,
     }
     names = cfg.loss.split("+")
     if cfg.loss not in LOSSES and not all(n in parts for n in names):
         raise PolypsegError(f"Unknown loss '{cfg.loss}'. Valid: {', '.join(LOSSES)} (or parts joined by '+').")
+    if "structure" in names and mode != "binary":
+        raise PolypsegError("The structure loss is for one class (polyp vs background); use dice+bce with --classes > 1.")
     return LossSum([parts[n]() for n in names], multiclass=mode == "multiclass")
 
 
@@ -119,7 +138,7 @@ class SegModule(L.LightningModule):
         self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
         if self.cfg.classes == 1:
             tp, fp, fn, tn = smp.metrics.get_stats(
-                logits.float(), batch["mask"].long(), mode="binary", threshold=self.cfg.threshold
+                logits.float(), batch["mask"].long(), mode="binary", threshold=self.cfg.decision_threshold
             )
         else:
             tp, fp, fn, tn = smp.metrics.get_stats(
@@ -265,7 +284,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 
 def _resolve_split(cfg: Config, index):
     if cfg.split:
-        split = load_split(cfg.split, fold=cfg.fold)
+        split = with_index(load_split(cfg.split, fold=cfg.fold), index)
     else:
         split = make_split(index, cfg.split_strategy, seed=cfg.seed)
         if split.folds is not None:  # kfold made on the fly: resolve the asked fold (default 0)
@@ -329,6 +348,17 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
     index = index_dataset(cfg.data)
     split = _resolve_split(cfg, index)
     by_id = {p.id: p for p in index.pairs}
+    # Read every frame the run will use before anything is written: bad data fails here, in one message,
+    # not inside a data loader worker mid-epoch.
+    # The test side too: `reproduce` evaluates it after hours of training.
+    _, bad = usable_pairs([by_id[i] for i in split.train + split.val + split.test], skip_bad=cfg.skip_bad,
+                          what="this run (train, validation and test sides)")
+    left_out = {c.pair.id for c in bad}
+    if left_out:
+        split = dataclasses.replace(split, **{side: [i for i in getattr(split, side) if i not in left_out]
+                                              for side in ("train", "val", "test")})
+        if not split.train:
+            raise PolypsegError("No usable training frame is left after leaving out the bad pairs.")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SegModule(cfg, pretrained=ckpt_path is None)  # resume restores every weight anyway
 
@@ -338,6 +368,11 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
             cfg.save(run / "config.json")
             save_split(split, run / "split.json")
         print(split.summary())
+        if bad:
+            _write_left_out(run / "left_out.csv", bad)
+            print(f"left out {len(bad)} unusable pair(s) (--skip-bad), listed in {run / 'left_out.csv'}:")
+            for c in bad[:20]:
+                print(f"  {c.pair.id}: {' '.join(c.problems)}")
 
     train_ds = SegmentationDataset([by_id[i] for i in split.train], train_transform(cfg))
     val_ds = SegmentationDataset([by_id[i] for i in split.val], eval_transform(cfg)) if split.val else None
@@ -366,8 +401,21 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
     )
     trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
     if trainer.is_global_zero and val_ds is not None and cfg.classes == 1:
-        _choose_threshold(run, [by_id[i] for i in split.val])
+        if cfg.threshold is None:
+            _choose_threshold(run, [by_id[i] for i in split.val])
+        else:
+            print(f"decision threshold {cfg.threshold:.2f} as given (not chosen on the validation side)")
     return run
+
+
+def _write_left_out(path: Path, bad) -> None:
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "image", "mask", "problem"])
+            w.writerows([c.pair.id, c.pair.image, c.pair.mask, " ".join(c.problems)] for c in bad)
+
+    atomic_write(path, write)
 
 
 def _choose_threshold(run: Path, val_pairs) -> None:

@@ -22,7 +22,11 @@ from .errors import PolypsegError
 AUGMENT_PRESETS = ("default", "light", "none")
 
 
-def _fit(cfg: Config) -> A.LongestMaxSize:
+def _fit(cfg: Config) -> A.DualTransform:
+    """Frames of any shape to the model's scale: aspect kept within height x width (``fit``, padded
+    afterwards), or resized to exactly height x width (``stretch``, as PraNet trains)."""
+    if cfg.resize == "stretch":
+        return A.Resize(cfg.height, cfg.width, area_for_downscale="image")
     return A.LongestMaxSize(max_size_hw=(cfg.height, cfg.width), area_for_downscale="image")
 
 
