@@ -14,7 +14,8 @@ from polypseg.data import read_image
 from polypseg.errors import PolypsegError
 from polypseg.export import compare_int8, export_onnx
 from polypseg.model import build_model, load_checkpoint, save_checkpoint
-from polypseg.predict import ONNX_SHA256_KEY, Predictor, file_sha256, ort_session
+from polypseg.predict import Predictor
+from polypseg.runtime import ONNX_SHA256_KEY, file_sha256, ort_session
 from polypseg.transforms import to_input
 
 TOL = 1e-3

@@ -23,9 +23,8 @@ import numpy as np
 import tifffile
 import torch
 from PIL import Image
-from tqdm import tqdm
-
 from .errors import PolypsegError
+from .progress import progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -516,7 +515,7 @@ def check_dataset(root: str | Path, allow_mixed_sizes: bool = False) -> CheckRep
     nonbinary_masks = nonbinary_pixels = 0
     empty: list[str] = []
     by_hash: dict[str, list[str]] = {}
-    for pair in tqdm(index.pairs, desc="checking", unit="pair", disable=None):
+    for pair in progress(index.pairs, desc="checking", unit="pair"):
         image = mask = None
         try:
             image = read_image(pair.image)
@@ -588,3 +587,47 @@ class SegmentationDataset(torch.utils.data.Dataset):
             "mask": torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32)),
             "id": pair.id,
         }
+
+
+# ---------------------------------------------------------------------------------------------------
+# image files to predict on (folders and files given by the user, no masks)
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (not hidden ones), numbered names in numeric order."""
+    try:
+        files = _image_files(folder)
+    except PolypsegError as err:
+        below = [p.name for p in sorted(folder.iterdir())
+                 if p.is_dir() and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir())]
+        if below:
+            raise PolypsegError(f"{err} Its sub-folders {', '.join(below)} hold images: name one of them.") from None
+        raise
+    return [files[k] for k in sorted(files, key=id_sort_key)]
+
+
+def collect_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
+    """Image files named directly or found in the named folders (not recursive), in a stable order."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += folder_images(item)
+        elif item.is_file():
+            if item.suffix.lower() not in IMAGE_SUFFIXES:
+                raise PolypsegError(f"{item} is not an image file polypseg reads ({', '.join(IMAGE_SUFFIXES)}).")
+            found.append(item)
+        else:
+            raise PolypsegError(f"{item} does not exist. Give image files or folders of images.")
+    by_stem: dict[str, list[Path]] = {}
+    for p in found:
+        by_stem.setdefault(p.stem, []).append(p)
+    clashes = [paths for paths in by_stem.values() if len(paths) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(map(str, paths)) for paths in clashes[:3])
+        raise PolypsegError(
+            f"{len(clashes)} output name(s) would clash, e.g. {shown}: outputs are named after the image "
+            "file's name. Predict those inputs into separate output folders."
+        )
+    return found

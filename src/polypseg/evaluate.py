@@ -21,14 +21,15 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from . import metrics
 from .data import Pair, index_dataset, load_pair
 from .errors import PolypsegError
+from .files import check_writable
 from .model import read_checkpoint_meta, resolve_checkpoint
 from .predict import Predictor
-from .splits import _leak_text, load_split, split_pairs
+from .progress import progress as progress_lines
+from .splits import leak_text, load_split, split_pairs
 from .viz import GREEN, YELLOW, overlay
 
 SUMMARY_FORMAT = "polypseg-eval/1"
@@ -82,8 +83,7 @@ def evaluate(
     else:
         source = "given"
     out = Path(out) if out is not None else run_dir / f"eval-{selection['name']}"
-    if out.exists() and not out.is_dir():
-        raise PolypsegError(f"{out} is a file; give a folder for the evaluation (-o).")
+    check_writable(out, "the evaluation (-o)", folder=True)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -121,7 +121,7 @@ def _select(index, run_dir: Path, split) -> tuple[list[Pair], dict[str, Any]]:
     info = {"strategy": s.strategy, "seed": s.seed, "fold": s.fold, "path": str(path)}
     return pairs, {
         "name": "test" if split is None else f"{path.stem}-test",
-        "side": "test", "split": info, "leak": s.leak, "leak_text": _leak_text(s.leak, s.sequences),
+        "side": "test", "split": info, "leak": s.leak, "leak_text": leak_text(s.leak, s.sequences),
     }
 
 
@@ -148,7 +148,7 @@ def _evaluate_into(
     thresholds = metrics.DEFAULT_THRESHOLDS
     rows, counts, curve_counts, hd = [], [], [], []
     start = time.perf_counter()
-    for pair in tqdm(pairs, desc="evaluate", unit="img", disable=not progress):
+    for pair in progress_lines(pairs, desc="evaluate", unit="img", enabled=progress):
         image, mask = load_pair(pair)
         prob = predictor.predict_prob(image)
         pred = prob >= threshold

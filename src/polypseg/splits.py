@@ -84,7 +84,7 @@ class Split:
         unused = self.params.get("frames", 0) - len({i for _, ids in rows for i in ids})
         if unused > 0:
             lines.append(f"{'unused':<8}{unused:>8}")
-        lines.append(_leak_text(self.leak, self.sequences))
+        lines.append(leak_text(self.leak, self.sequences))
         return "\n".join(lines)
 
 
@@ -114,7 +114,7 @@ def _leak(sides: dict[str, list[str]], sequences: dict[str, int] | None) -> dict
     }
 
 
-def _leak_text(leak: dict[str, Any], sequences: dict[str, int] | None) -> str:
+def leak_text(leak: dict[str, Any], sequences: dict[str, int] | None) -> str:
     if not leak.get("known"):
         return (
             "Leak: UNKNOWN. The data has no sequence information, so frames of one video may sit on both "
