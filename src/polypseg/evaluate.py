@@ -64,6 +64,8 @@ def evaluate(
         raise PolypsegError(f"The threshold must lie between 0 and 1, got {threshold}.")
     if bootstrap < 0:
         raise PolypsegError(f"The number of bootstrap resamples must be 0 or more, got {bootstrap}.")
+    if out is not None:
+        check_writable(out, "the evaluation (-o)", folder=True)  # before the model loads
     weights = resolve_checkpoint(run)
     run_dir = weights.parent
     predictor = Predictor(weights, device=device, tta=tta)
