@@ -63,7 +63,8 @@ def test_video_file_gives_playable_overlay_and_csv(sequence, tiny_checkpoint, tm
     rows = _rows(out_dir / "overlay.csv")
     assert [int(r["frame"]) for r in rows] == list(range(N))
     assert all(float(r["latency_ms"]) > 0 and r["polyp_present"] in ("0", "1") for r in rows)
-    assert all(0 <= float(r["area_fraction"]) <= 1 for r in rows)
+    assert all((float(r["area_fraction"]) > 0) == (r["polyp_present"] == "1") for r in rows)
+    assert all((r["mean_confidence"] == "") == (r["polyp_present"] == "0") for r in rows)
     assert _leftovers(out_dir) == ["overlay.csv", "overlay.mp4"]
     assert all(p.stat().st_mode & 0o644 == 0o644 for p in out_dir.iterdir())
 
