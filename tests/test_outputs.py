@@ -24,7 +24,6 @@ from polypseg import reproduce as reproduce_module
 from polypseg.cli import main
 from polypseg.config import Config
 from polypseg.data import index_dataset, read_image
-from polypseg.errors import PolypsegError
 from polypseg.evaluate import evaluate
 from polypseg.export import export_onnx
 from polypseg.predict import Predictor
