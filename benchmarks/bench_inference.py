@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from polypseg.config import DEFAULT_DATA
-from polypseg.export import BENCH_ENCODERS, benchmark
+from polypseg.bench import BENCH_ENCODERS, benchmark
 
 
 def main() -> None:

@@ -74,9 +74,18 @@ def test_evaluate_test_side_of_the_run_split(tiny_checkpoint, data_dir):
     assert summary["n_images"] == 3 and summary["selection"]["side"] == "test"
     assert summary["threshold"] == 0.5 and summary["threshold_source"] == "checkpoint config, not tuned"
     assert summary["metrics"]["per-image"]["dice"] == pytest.approx(np.mean([float(r["dice"]) for r in rows]), abs=1e-6)
+    # the intervals come from these images' counts, with the seed and resamples asked for
+    counts = np.array([[int(r[k]) for k in ("tp", "fp", "fn", "tn")] for r in rows])
+    hd = np.array([float(r["hd95"]) for r in rows])
     for reduction in metrics.REDUCTIONS:
-        for name, (lo, hi) in summary["ci"][reduction].items():
-            assert lo <= hi
+        expected = metrics.bootstrap_ci(counts, reduction, 200, 0, extra={"hd95": hd} if reduction == "per-image" else None)
+        assert set(summary["ci"][reduction]) == set(expected)
+        for name, bounds in expected.items():
+            assert summary["ci"][reduction][name] == pytest.approx(list(bounds), abs=1e-5)
+    # a mean over resampled images lies between the worst and the best image
+    dice = [float(r["dice"]) for r in rows]
+    lo, hi = summary["ci"]["per-image"]["dice"]
+    assert min(dice) - 1e-6 <= lo < hi <= max(dice) + 1e-6
     # '099' (train) and '100', '101' (test) are all in sequence 5: the leak is stated
     assert summary["selection"]["leak"]["train_test"] == 1
     assert summary["selection"]["seen_in_training"] == 0

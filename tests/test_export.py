@@ -12,9 +12,12 @@ import torch
 
 from polypseg.data import read_image
 from polypseg.errors import PolypsegError
-from polypseg.export import compare_int8, export_onnx
+from polypseg import metrics
+from polypseg.data import load_pair
+from polypseg.export import compare_int8, export_onnx, side_pairs, spread
 from polypseg.model import build_model, load_checkpoint, save_checkpoint
-from polypseg.predict import ONNX_SHA256_KEY, Predictor, file_sha256, ort_session
+from polypseg.predict import Predictor
+from polypseg.runtime import ONNX_SHA256_KEY, file_sha256, onnx_metadata, ort_session
 from polypseg.transforms import to_input
 
 TOL = 1e-3
@@ -77,7 +80,7 @@ def test_stale_export_is_not_used(tiny_checkpoint, tiny_config, exported, frames
     # an export of other weights lying beside the checkpoint is ignored: exported again in memory
     shutil.copy(exported, other.with_suffix(".onnx"))
     ort_p = Predictor(other, backend="onnxruntime")
-    assert ort_p.session is not None
+    assert onnx_metadata(ort_p.session)[ONNX_SHA256_KEY] == file_sha256(other)  # not the stale file's
     assert np.abs(ort_p.predict_prob(frames[0]) - Predictor(other).predict_prob(frames[0])).max() < TOL
 
 
@@ -121,6 +124,15 @@ def test_int8_quantisation_and_report(tiny_checkpoint, data_dir, frames, capsys)
 
     report = compare_int8(tiny_checkpoint, exported, q, data=data_dir, max_frames=4)
     assert report["frames"] == 4 and "test side" in report["side"]
-    assert 0 <= report["dice_fp32"] <= 1 and 0 <= report["dice_int8"] <= 1
+    # the fp32 file's Dice is the torch model's on the same four test frames (ONNX matches torch to 1e-3)
+    weights = tiny_checkpoint / "best.safetensors"
+    cfg = load_checkpoint(weights)[1]
+    torch_p = Predictor(tiny_checkpoint)
+    counts = []
+    for pair in spread(side_pairs(weights, cfg, data_dir, "test")[0], 4):
+        image, mask = load_pair(pair)
+        counts.append(metrics.confusion(torch_p.predict_prob(image) >= torch_p.threshold, mask))
+    assert report["dice_fp32"] == pytest.approx(metrics.reduce(np.stack(counts), "per-image")["dice"], abs=0.02)
+    assert abs(report["dice_int8"] - report["dice_fp32"]) < 0.2
     assert report["dice_change"] == pytest.approx(report["dice_int8"] - report["dice_fp32"])
     assert report["speedup"] == pytest.approx(report["ms_fp32"] / report["ms_int8"])

@@ -185,3 +185,46 @@ def test_choose_threshold_on_a_constructed_case():
     t_micro, _ = metrics.choose_threshold(pairs, thresholds=np.array([0.3, 0.5]), reduction="micro")
     t_image, _ = metrics.choose_threshold(pairs, thresholds=np.array([0.3, 0.5]), reduction="per-image")
     assert (t_micro, t_image) == (0.5, 0.3)
+
+
+def _hd95_by_point_sets(a: np.ndarray, b: np.ndarray) -> float:
+    """HD95 computed another way: outline pixels found by looking at the four neighbours (outside the
+    image counts as background), all pairwise distances with scipy.spatial.distance.cdist."""
+    from scipy.spatial.distance import cdist
+
+    def outline(m):
+        padded = np.pad(m, 1, constant_values=False)
+        inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        return np.argwhere(m & ~inner)
+
+    d = cdist(outline(a), outline(b))
+    return float(max(np.percentile(d.min(axis=1), 95), np.percentile(d.min(axis=0), 95)))
+
+
+def _disk(shape, centre, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+@pytest.mark.parametrize("case", ["shifted-disks", "l-shape-vs-box", "two-blobs-vs-one", "touching-border"])
+def test_hd95_agrees_with_an_independent_implementation(case):
+    shape = (40, 50)
+    if case == "shifted-disks":
+        a, b = _disk(shape, (20, 20), 9), _disk(shape, (23, 27), 7)
+    elif case == "l-shape-vs-box":
+        a = np.zeros(shape, bool)
+        a[5:30, 5:12] = True
+        a[23:30, 5:35] = True
+        b = np.zeros(shape, bool)
+        b[8:28, 8:30] = True
+    elif case == "two-blobs-vs-one":
+        a = _disk(shape, (10, 10), 5) | _disk(shape, (30, 40), 6)
+        b = _disk(shape, (12, 12), 6)
+    else:
+        a = np.zeros(shape, bool)
+        a[:15, :20] = True  # the image border is part of the outline
+        b = _disk(shape, (8, 12), 8)
+    expected = _hd95_by_point_sets(a, b)
+    assert expected > 0
+    assert metrics.hd95(a, b) == (pytest.approx(expected), False)
+    assert metrics.hd95(b, a) == (pytest.approx(expected), False)

@@ -40,7 +40,7 @@ def test_predict_folder_writes_the_models_masks(images, tiny_checkpoint, tmp_pat
     predictor = Predictor(tiny_checkpoint)
     t = _median_threshold(predictor, read_image(images / "001.png"))
     out = tmp_path / "out"
-    written = predict_paths([images], tiny_checkpoint, out, save_prob="npy", threshold=t, show_progress=False)
+    written = predict_paths([images], predictor, out, save_prob="npy", threshold=t, show_progress=False)
 
     names = ["001", "150", "300", "odd"]
     assert written == [out / "masks" / f"{n}.png" for n in names]
@@ -64,12 +64,12 @@ def test_predict_folder_writes_the_models_masks(images, tiny_checkpoint, tmp_pat
     first = cv2.imread(str(out / "masks" / "001.png"), 0) > 0
     assert float(rows[0]["area_fraction"]) == pytest.approx(first.mean(), abs=1e-6)
     assert float(rows[0]["mean_confidence"]) >= t
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob(".*.tmp*"))
 
 
 def test_probability_png_and_single_file(images, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
-    predict_paths(images / "150.png", tiny_checkpoint, out, save_prob=True, show_progress=False)
+    predict_paths(images / "150.png", Predictor(tiny_checkpoint), out, save_prob=True, show_progress=False)
     prob = cv2.imread(str(out / "probs" / "150.png"), cv2.IMREAD_UNCHANGED)
     expected = Predictor(tiny_checkpoint).predict_prob(read_image(images / "150.png"))
     assert prob.dtype == np.uint8
@@ -81,7 +81,7 @@ def test_unreadable_image_is_named_after_the_others_are_done(images, tiny_checkp
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     out = tmp_path / "out"
     with pytest.raises(PolypsegError, match="broken.png"):
-        predict_paths(images, tiny_checkpoint, out, show_progress=False)
+        predict_paths(images, Predictor(tiny_checkpoint), out, show_progress=False)
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["001.png", "150.png", "300.png", "odd.png"]
 
 
@@ -108,7 +108,7 @@ def test_input_errors_are_explained_before_anything_is_written(case, images, tin
         kwargs["save_prob"] = "tiff"
     out = tmp_path / "out"
     with pytest.raises(PolypsegError):
-        predict_paths(inputs, tiny_checkpoint, out, show_progress=False, **kwargs)
+        predict_paths(inputs, Predictor(tiny_checkpoint), out, show_progress=False, **kwargs)
     assert not out.exists()
 
 

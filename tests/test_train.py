@@ -82,8 +82,11 @@ def test_one_short_epoch_gives_a_loadable_run_folder(tmp_path, tiny_config, data
                  "last.safetensors", "last.json", "resume.ckpt"):
         assert (run / name).is_file(), name
     assert [r["epoch"] for r in rows(run)] == ["1", "2"]
-    assert 0.0 <= float(rows(run)[-1]["val_dice"]) <= 1.0
     meta = json.loads((run / "best.json").read_text())
+    dices = [float(r["val_dice"]) for r in rows(run)]
+    best = dices.index(max(dices))  # the first epoch with the highest validation Dice
+    assert meta["epoch"] == int(rows(run)[best]["epoch"])
+    assert meta["metrics"]["val_dice"] == pytest.approx(dices[best])
     assert meta["config"]["encoder"] == "tu-test_efficientnet"
     assert meta["metrics"]["threshold_from"] == "validation"
     model, loaded = load_checkpoint(run)
@@ -127,8 +130,8 @@ def test_resume_after_sigkill_continues_from_the_last_epoch(tmp_path, data_dir):
     split = small_split(data_dir, tmp_path, ["001", "002", "030", "031"], ["060", "061"])
     run = tmp_path / "run"
     proc = _cli_train(_tiny_flags(data_dir, split, run, epochs=12))
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run / "metrics.csv").is_file():
+    # no time limit: a busy machine may take long for the first epoch; the loop ends when it is written
+    while proc.poll() is None and not (run / "metrics.csv").is_file():
         time.sleep(0.05)
     assert (run / "metrics.csv").is_file(), proc.communicate()[0]
     proc.send_signal(signal.SIGKILL)  # at whatever moment the run is in
@@ -143,7 +146,7 @@ def test_resume_after_sigkill_continues_from_the_last_epoch(tmp_path, data_dir):
     assert done + 1 <= first <= done + 2
     assert [int(r["epoch"]) for r in rows(run)] == list(range(1, 13))
     load_checkpoint(run)
-    assert not list(run.glob(".*.tmp"))
+    assert not list(run.glob(".*.tmp*"))
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def test_video_file_gives_playable_overlay_and_csv(sequence, tiny_checkpoint, tm
     frames = sequence if size is None else [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in sequence]
     clip = write_clip(frames, tmp_path / "clip.mp4", fps=25)
     out_dir = tmp_path / "out"
-    stats = run_video(clip, tiny_checkpoint, out_dir / "overlay.mp4", backend=backend, show_progress=False)
+    stats = run_video(clip, Predictor(tiny_checkpoint, backend=backend), out_dir / "overlay.mp4", show_progress=False)
 
     w, h = size or (384, 288)
     assert (stats.frames, stats.skipped, stats.size) == (N, 0, (w, h))
@@ -63,7 +63,8 @@ def test_video_file_gives_playable_overlay_and_csv(sequence, tiny_checkpoint, tm
     rows = _rows(out_dir / "overlay.csv")
     assert [int(r["frame"]) for r in rows] == list(range(N))
     assert all(float(r["latency_ms"]) > 0 and r["polyp_present"] in ("0", "1") for r in rows)
-    assert all(0 <= float(r["area_fraction"]) <= 1 for r in rows)
+    assert all((float(r["area_fraction"]) > 0) == (r["polyp_present"] == "1") for r in rows)
+    assert all((r["mean_confidence"] == "") == (r["polyp_present"] == "0") for r in rows)
     assert _leftovers(out_dir) == ["overlay.csv", "overlay.mp4"]
     assert all(p.stat().st_mode & 0o644 == 0o644 for p in out_dir.iterdir())
 
@@ -72,8 +73,8 @@ def test_csv_matches_the_model(sequence, tiny_checkpoint, tmp_path):
     clip = write_clip(sequence[:4], tmp_path / "clip.avi", fps=10)
     predictor = Predictor(tiny_checkpoint)
     t = float(np.median(predictor.predict_prob(sequence[0])))
-    stats = run_video(clip, out_path=tmp_path / "o.avi", csv_path=tmp_path / "log.csv", threshold=t,
-                      predictor=predictor, show_progress=False)
+    stats = run_video(clip, predictor, tmp_path / "o.avi", csv_path=tmp_path / "log.csv", threshold=t,
+                      show_progress=False)
     assert stats.frames == 4 and _video_info(tmp_path / "o.avi")[0] == 4
     first = _rows(tmp_path / "log.csv")[0]
     # MJPG in the clip changed the pixels a little: compare with the decoded frame, not the original
@@ -94,7 +95,7 @@ def test_frame_folder_with_a_corrupt_frame(sequence, tiny_checkpoint, tmp_path):
     good = (folder / "004.png").read_bytes()
     (folder / "004.png").write_bytes(good[: len(good) // 3])  # truncated in the middle of the pixels
     out = tmp_path / "out.mp4"
-    stats = run_video(folder, tiny_checkpoint, out, max_frames=None, show_progress=False)
+    stats = run_video(folder, Predictor(tiny_checkpoint), out, max_frames=None, show_progress=False)
     assert (stats.frames, stats.skipped) == (7, 1)
     assert _video_info(out) == (7, (384, 288))
     assert [int(r["frame"]) for r in _rows(out.with_suffix(".csv"))] == [0, 1, 2, 3, 5, 6, 7]
@@ -102,7 +103,7 @@ def test_frame_folder_with_a_corrupt_frame(sequence, tiny_checkpoint, tmp_path):
 
 def test_max_frames(sequence, tiny_checkpoint, tmp_path):
     clip = write_clip(sequence, tmp_path / "clip.mp4")
-    stats = run_video(clip, tiny_checkpoint, tmp_path / "o.mp4", max_frames=3, show_progress=False)
+    stats = run_video(clip, Predictor(tiny_checkpoint), tmp_path / "o.mp4", max_frames=3, show_progress=False)
     assert stats.frames == 3 and _video_info(tmp_path / "o.mp4")[0] == 3
 
 
@@ -131,7 +132,7 @@ def test_unusable_sources_raise_and_leave_nothing(make, name, tiny_checkpoint, t
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     with pytest.raises(PolypsegError):
-        run_video(source, tiny_checkpoint, out_dir / "o.mp4", show_progress=False)
+        run_video(source, Predictor(tiny_checkpoint), out_dir / "o.mp4", show_progress=False)
     assert _leftovers(out_dir) == []
 
 
@@ -149,7 +150,7 @@ def test_interrupted_run_keeps_a_playable_file(failure, sequence, tiny_checkpoin
             return super().infer(x)
 
     out = tmp_path / "out" / "o.mp4"
-    kwargs = dict(out_path=out, predictor=FailsOnFifth(tiny_checkpoint), show_progress=False)
+    kwargs = dict(predictor=FailsOnFifth(tiny_checkpoint), out_path=out, show_progress=False)
     if failure is KeyboardInterrupt:
         stats = run_video(clip, **kwargs)
         assert stats.interrupted and stats.frames == 4
@@ -161,7 +162,7 @@ def test_interrupted_run_keeps_a_playable_file(failure, sequence, tiny_checkpoin
     assert _leftovers(out.parent) == ["o.csv", "o.mp4"]
 
 
-def test_source_errors(tmp_path):
+def test_source_errors(tiny_checkpoint, tmp_path):
     with pytest.raises(PolypsegError, match="does not exist"):
         open_source(tmp_path / "missing.mp4")
     (tmp_path / "empty-folder").mkdir()
@@ -170,4 +171,4 @@ def test_source_errors(tmp_path):
     with pytest.raises(PolypsegError, match="camera 57"):
         open_source("57")
     with pytest.raises(PolypsegError, match=".mp4 or .avi"):
-        run_video(tmp_path, out_path=tmp_path / "o.mov")
+        run_video(tmp_path, Predictor(tiny_checkpoint), out_path=tmp_path / "o.mov")

@@ -168,25 +168,34 @@ def _reproduce(args) -> int:
     return 0
 
 
+def _predictor(args, tta: bool = False):
+    """The Predictor that the inference flags (infer_flags) describe."""
+    from .predict import Predictor
+
+    return Predictor(args.run, device=args.device, tta=tta, backend=args.backend, onnx_path=args.onnx,
+                     threads=args.threads)
+
+
 def _predict(args) -> int:
+    from .files import check_writable
     from .predict import predict_paths
 
+    check_writable(args.output, "the predictions (-o)", folder=True)  # before the model loads
     written = predict_paths(
-        args.inputs, args.run, args.output, backend=args.backend, device=args.device,
-        save_prob=args.save_prob and args.prob_format, tta=args.tta, threshold=args.threshold, onnx_path=args.onnx,
-        threads=args.threads,
+        args.inputs, _predictor(args, tta=args.tta), args.output, save_prob=args.save_prob and args.prob_format,
+        threshold=args.threshold,
     )
     print(f"{len(written)} image(s) written to {args.output}")
     return 0
 
 
 def _video(args) -> int:
-    from .video import run_video
+    from .video import output_paths, run_video
 
+    output_paths(args.output, args.csv)  # checked before the model loads
     stats = run_video(
-        args.source, args.run, args.output, backend=args.backend, device=args.device,
-        csv_path=args.csv, max_frames=args.max_frames, show_progress=not args.no_progress,
-        onnx_path=args.onnx, threads=args.threads,
+        args.source, _predictor(args), args.output, csv_path=args.csv, max_frames=args.max_frames,
+        show_progress=not args.no_progress,
     )
     print(stats)
     return 0
@@ -200,7 +209,7 @@ def _export(args) -> int:
 
 
 def _benchmark(args) -> int:
-    from .export import benchmark
+    from .bench import benchmark
 
     benchmark(quick=args.quick, data=args.data, int8=args.int8, threads=args.threads)
     return 0
@@ -307,7 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="export a run to ONNX (dynamic height and width)")
     x.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
-    x.add_argument("--format", default="onnx", choices=["onnx"])
     x.add_argument("-o", "--output", help="ONNX file (default: beside the checkpoint, RUN/best.onnx)")
     x.add_argument("--int8", action="store_true", help="also int8 static quantisation, calibrated on training frames")
     x.add_argument("--data", help="dataset folder for the check and calibration (default: the run's)")

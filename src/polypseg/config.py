@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PolypsegError
+from .files import atomic_write_text
 
 DEFAULT_DATA = "../shared/data/cvc-clinicdb"
 RESIZE_MODES = ("fit", "stretch")
@@ -114,7 +115,7 @@ class Config:
         return Config.from_dict(values)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":

@@ -24,9 +24,8 @@ import numpy as np
 import tifffile
 import torch
 from PIL import Image
-from tqdm import tqdm
-
 from .errors import PolypsegError
+from .progress import progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -526,7 +525,7 @@ def check_pairs(pairs: Sequence[Pair], desc: str = "checking") -> list[PairCheck
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return list(tqdm(pool.map(check_pair, pairs), total=len(pairs), desc=desc, unit="pair", disable=None))
+        return list(progress(pool.map(check_pair, pairs), total=len(pairs), desc=desc, unit="pair"))
 
 
 def usable_pairs(pairs: Sequence[Pair], skip_bad: bool = False, what: str = "training") -> tuple[list[Pair], list[PairCheck]]:
@@ -718,3 +717,47 @@ class SegmentationDataset(torch.utils.data.Dataset):
             "mask": torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32)),
             "id": pair.id,
         }
+
+
+# ---------------------------------------------------------------------------------------------------
+# image files to predict on (folders and files given by the user, no masks)
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (not hidden ones), numbered names in numeric order."""
+    try:
+        files = _image_files(folder)
+    except PolypsegError as err:
+        below = [p.name for p in sorted(folder.iterdir())
+                 if p.is_dir() and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir())]
+        if below:
+            raise PolypsegError(f"{err} Its sub-folders {', '.join(below)} hold images: name one of them.") from None
+        raise
+    return [files[k] for k in sorted(files, key=id_sort_key)]
+
+
+def collect_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
+    """Image files named directly or found in the named folders (not recursive), in a stable order."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += folder_images(item)
+        elif item.is_file():
+            if item.suffix.lower() not in IMAGE_SUFFIXES:
+                raise PolypsegError(f"{item} is not an image file polypseg reads ({', '.join(IMAGE_SUFFIXES)}).")
+            found.append(item)
+        else:
+            raise PolypsegError(f"{item} does not exist. Give image files or folders of images.")
+    by_stem: dict[str, list[Path]] = {}
+    for p in found:
+        by_stem.setdefault(p.stem, []).append(p)
+    clashes = [paths for paths in by_stem.values() if len(paths) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(map(str, paths)) for paths in clashes[:3])
+        raise PolypsegError(
+            f"{len(clashes)} output name(s) would clash, e.g. {shown}: outputs are named after the image "
+            "file's name. Predict those inputs into separate output folders."
+        )
+    return found

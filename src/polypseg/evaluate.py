@@ -21,14 +21,15 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from . import metrics
 from .data import Pair, index_dataset, load_pair, usable_pairs
 from .errors import PolypsegError
 from .config import Config
+from .files import check_writable
 from .model import read_checkpoint_meta, resolve_checkpoint
 from .predict import Predictor
+from .progress import progress as progress_lines
 from .splits import SIDES, leak_sentence, leak_text, load_split, split_pairs, with_index
 from .viz import GREEN, YELLOW, overlay
 
@@ -56,8 +57,8 @@ def _prepare(run, device: str, tta: bool, threshold: float | None, bootstrap: in
 
 
 def _output_folder(out: Path) -> Path:
-    if out.exists() and not out.is_dir():
-        raise PolypsegError(f"{out} is a file; give a folder for the evaluation (-o).")
+    """A new temporary folder beside ``out``, renamed to ``out`` once everything is written."""
+    check_writable(out, "the evaluation (-o)", folder=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()  # unlike mkdtemp, honours the umask: the finished folder is as readable as any other
@@ -91,6 +92,8 @@ def evaluate(
     """
     if all_pairs and split is not None:
         raise PolypsegError("Give either a split file or --all (every pair of the folder), not both.")
+    if out is not None:
+        check_writable(out, "the evaluation (-o)", folder=True)  # before the model loads
     weights = resolve_checkpoint(run)
     run_cfg = Config.from_dict(read_checkpoint_meta(weights)["config"])
     if data is None and split is None and not all_pairs and isinstance(run_cfg.data, list):
@@ -216,6 +219,8 @@ def evaluate_sets(run: str | Path, test_sets: list[str] | None = None, out: str 
     if unknown:
         raise TypeError(f"evaluate_sets() got unknown options {unknown}; valid: {sorted(EVAL_OPTIONS)}")
     o = {**EVAL_OPTIONS, **options}
+    if out is not None:
+        check_writable(out, "the evaluation (-o)", folder=True)  # before the model loads
     tta, threshold, bootstrap, pranet_mdice, gallery, device, seed, progress, skip_bad = (
         o[k] for k in ("tta", "threshold", "bootstrap", "pranet_mdice", "gallery", "device", "seed", "progress",
                        "skip_bad"))
@@ -297,7 +302,7 @@ def _evaluate_into(
     rows, counts, curve_counts, hd = [], [], [], []
     sod = metrics.SodMeasures()
     start = time.perf_counter()
-    for pair in tqdm(pairs, desc="evaluate", unit="img", disable=not progress):
+    for pair in progress_lines(pairs, desc="evaluate", unit="img", enabled=progress):
         image, mask = load_pair(pair)
         prob = predictor.predict_prob(image)
         sod.add(prob, mask)

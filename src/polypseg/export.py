@@ -1,25 +1,15 @@
-"""ONNX export with dynamic height and width, checked against torch; int8 static quantisation; the
-inference benchmark (torch eager vs ONNX Runtime, and the video pipeline).
+"""ONNX files: export a run (dynamic height and width) checked against torch, int8 static quantisation
+and its comparison with fp32.
 
 An exported file maps a normalised ``N x 3 x H x W`` float32 input (``H`` and ``W`` multiples of 32,
-any size) to ``N x 1 x H x W`` polyp probabilities (the sigmoid is part of the graph). Its metadata
-carries the run's config (input size, normalisation, threshold) and the checkpoint's sha256, so the
-file alone is enough to predict and a stale export is recognised.
-
-Exporter: the TorchScript exporter (``dynamo=False``). With torch 2.14 both exporters give ONNX files
-of the same speed for smp models with dynamic H/W, but the dynamo exporter took minutes of CPU for
-DeepLabV3+/EfficientNet-Lite0 where TorchScript takes about 2 s; dynamo is the fallback for torch
-builds without the TorchScript exporter.
+any size) to ``N x 1 x H x W`` polyp probabilities; the in-memory export and the metadata it carries
+(config, checkpoint sha256) are ``polypseg.runtime``'s, shared with the onnxruntime backend.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import platform
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,102 +17,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DEFAULT_DATA, Config
+from .config import Config
+from .data import index_dataset, load_pair, read_image
 from .errors import PolypsegError
-from .files import atomic_write
-from .model import build_model, load_checkpoint, save_checkpoint
-from .predict import DEFAULT_MODEL, ONNX_CONFIG_KEY, ONNX_SHA256_KEY, Predictor, cpu_cores, file_sha256, ort_session, resolve_model
+from .files import atomic_write, check_writable
+from .model import load_checkpoint, read_checkpoint_meta
+from .predict import Predictor, resolve_model
+from .progress import progress
+from .runtime import export_bytes, ort_session, set_metadata
 from .transforms import to_input
 
-OPSET = 17
 CHECK_TOLERANCE = 1e-3  # max abs difference of probabilities, ONNX Runtime vs torch
 INT8_KEY = "polypseg.int8"
-
-
-class _Probabilities(torch.nn.Module):
-    """The network with its sigmoid: the ONNX file outputs probabilities."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(image))
-
-
-def _torchscript_export(module: torch.nn.Module, sample: torch.Tensor) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated and smp's shape checks emit tracer warnings; the export
-        # is checked against torch below instead.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (sample,), buf, input_names=["image"], output_names=["prob"], opset_version=OPSET,
-            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                          "prob": {0: "batch", 2: "height", 3: "width"}},
-            dynamo=False,
-        )
-    return buf.getvalue()
-
-
-def _dynamo_export(module: torch.nn.Module, sample: torch.Tensor) -> bytes:
-    dim = torch.export.Dim
-    shapes = {"image": {0: dim("batch", min=1, max=64), 2: 32 * dim("h32", min=1, max=256),
-                        3: 32 * dim("w32", min=1, max=256)}}
-    program = torch.onnx.export(
-        module, (sample,), input_names=["image"], output_names=["prob"], dynamic_shapes=shapes,
-        dynamo=True, verbose=False,
-    )
-    return program.model_proto.SerializeToString()
-
-
-def export_bytes(
-    model: torch.nn.Module, cfg: Config, checkpoint: str | Path | None = None, dynamo: bool | None = None
-) -> bytes:
-    """The serialised ONNX model of ``model`` (probabilities out, dynamic batch, height and width), with
-    the polypseg metadata. ``dynamo=None``: the TorchScript exporter, or dynamo where it is missing."""
-    import onnx
-
-    module = _Probabilities(model.to("cpu").eval()).eval()
-    sample = torch.zeros(1, cfg.in_channels, cfg.height, cfg.width)
-    if dynamo is None:
-        try:
-            blob = _torchscript_export(module, sample)
-        except (ImportError, AttributeError, NotImplementedError, TypeError):  # torch without TorchScript export
-            blob = _dynamo_export(module, sample)
-    else:
-        blob = _dynamo_export(module, sample) if dynamo else _torchscript_export(module, sample)
-    proto = onnx.load_from_string(blob)
-    meta = {
-        ONNX_CONFIG_KEY: json.dumps(cfg.to_dict()),
-        "polypseg.input": "image: float32 N x 3 x H x W, RGB scaled to [0, 1] then (x - mean) / std; "
-                          "H and W multiples of 32",
-        "polypseg.output": "prob: float32 N x 1 x H x W polyp probabilities",
-        "polypseg.torch": torch.__version__,
-    }
-    if checkpoint is not None:
-        meta[ONNX_SHA256_KEY] = file_sha256(checkpoint)
-    _set_metadata(proto, meta)
-    return proto.SerializeToString()
-
-
-def _set_metadata(proto, values: dict[str, str]) -> None:
-    kept = {p.key: p.value for p in proto.metadata_props if p.key not in values}
-    del proto.metadata_props[:]
-    for key, value in {**kept, **values}.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
 
 
 # ---------------------------------------------------------------------------------------------------
 # frames for checks, calibration and the int8 comparison
 
 
-def _side_pairs(weights: Path, cfg: Config, data: str | Path | None, side: str) -> tuple[list, str]:
+def side_pairs(weights: Path, cfg: Config, data: str | Path | None, side: str) -> tuple[list, str]:
     """The pairs of one side ("train" or "test") of the run's split.json, else of the classic PraNet
     split, else every pair; with a description of which it was."""
-    from .data import index_dataset
-
     index = index_dataset(data if data is not None else cfg.data)
     split_file = weights.parent / "split.json"
     if split_file.is_file():
@@ -138,7 +53,7 @@ def _side_pairs(weights: Path, cfg: Config, data: str | Path | None, side: str) 
     return list(index.pairs), f"all pairs of {index.root}"
 
 
-def _spread(items: Sequence, n: int | None) -> list:
+def spread(items: Sequence, n: int | None) -> list:
     """``n`` items evenly spread over ``items`` (all of them for None or n >= len)."""
     if n is None or n >= len(items):
         return list(items)
@@ -146,17 +61,15 @@ def _spread(items: Sequence, n: int | None) -> list:
 
 
 def _check_frames(weights: Path, cfg: Config, data, n: int) -> tuple[list[np.ndarray], str]:
-    from .data import read_image
-
     try:
-        pairs, where = _side_pairs(weights, cfg, data, "test")
+        pairs, where = side_pairs(weights, cfg, data, "test")
     except PolypsegError:
         if data is not None:
             raise
         rng = np.random.default_rng(0)
         frames = [rng.integers(0, 256, (cfg.height, cfg.width, 3), dtype=np.uint8) for _ in range(n)]
         return frames, f"synthetic noise: no dataset at {cfg.data} (pass --data to check on real frames)"
-    return [read_image(p.image) for p in _spread(pairs, n)], where
+    return [read_image(p.image) for p in spread(pairs, n)], where
 
 
 def _check_inputs(frames: list[np.ndarray], cfg: Config) -> list[np.ndarray]:
@@ -223,8 +136,7 @@ def export_onnx(
     out = Path(out_path) if out_path is not None else default_onnx_path(checkpoint)
     if out.suffix.lower() != ".onnx":
         raise PolypsegError(f"The ONNX file name must end in .onnx, got '{out}'.")
-    if out.is_dir():
-        raise PolypsegError(f"{out} is a folder; give a file name ending in .onnx.")
+    check_writable(out, "the ONNX file (-o)")
     model, cfg = load_checkpoint(weights)
     blob = export_bytes(model, cfg, weights, dynamo=dynamo)
     frames, where = _check_frames(weights, cfg, data, check_frames)
@@ -245,10 +157,10 @@ def export_onnx(
         return out
     target = int8_path_for(out)
     try:
-        calib_pairs, calib_where = _side_pairs(weights, cfg, data, "train")
+        calib_pairs, calib_where = side_pairs(weights, cfg, data, "train")
     except PolypsegError as err:
         raise PolypsegError(f"int8 calibration needs training frames: {err} Pass the dataset with --data.") from None
-    quantize_int8(out, target, _calibration_inputs(calib_pairs, cfg, calibration_frames), calib_where)
+    quantize_int8(out, target, calibration_inputs(calib_pairs, cfg, calibration_frames, verbose), calib_where)
     say(f"written: {target} (int8, calibrated on {min(calibration_frames, len(calib_pairs))} frames, {calib_where})")
     say(format_int8_report(compare_int8(weights, out, target, data=data, max_frames=compare_frames)))
     return target
@@ -258,10 +170,10 @@ def export_onnx(
 # int8
 
 
-def _calibration_inputs(pairs: Sequence, cfg: Config, n: int) -> list[np.ndarray]:
-    from .data import read_image
-
-    return [to_input(read_image(p.image), cfg)[0][None] for p in _spread(pairs, n)]
+def calibration_inputs(pairs: Sequence, cfg: Config, n: int, show_progress: bool = False) -> list[np.ndarray]:
+    """``n`` frames spread over ``pairs``, as the network's inputs."""
+    chosen = progress(spread(pairs, n), desc="int8 calibration frames", unit="frame", enabled=show_progress)
+    return [to_input(read_image(p.image), cfg)[0][None] for p in chosen]
 
 
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, inputs: Sequence[np.ndarray], where: str = "") -> Path:
@@ -293,7 +205,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, inputs: Sequence
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         )
         proto = onnx.load(str(quantized))
-    _set_metadata(proto, {**{p.key: p.value for p in fp32.metadata_props},
+    set_metadata(proto, {**{p.key: p.value for p in fp32.metadata_props},
                           INT8_KEY: f"static, {len(inputs)} calibration frames ({where})"})
     int8_path = Path(int8_path)
     atomic_write(int8_path, lambda t: Path(t).write_bytes(proto.SerializeToString()))
@@ -315,12 +227,11 @@ def compare_int8(
     median over the frames, preprocessing included; speedup = ms_fp32 / ms_int8).
     """
     from . import metrics
-    from .data import load_pair
 
     weights = resolve_model(checkpoint)
     cfg = load_checkpoint_config(weights)
-    pairs, where = _side_pairs(weights, cfg, data, "test")
-    pairs = _spread(pairs, max_frames)
+    pairs, where = side_pairs(weights, cfg, data, "test")
+    pairs = spread(pairs, max_frames)
     result: dict[str, Any] = {"frames": len(pairs), "side": where}
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
         predictor = Predictor(weights, backend="onnxruntime", onnx_path=path, threads=threads)
@@ -339,8 +250,6 @@ def compare_int8(
 
 
 def load_checkpoint_config(weights: Path) -> Config:
-    from .model import read_checkpoint_meta
-
     return Config.from_dict(read_checkpoint_meta(weights)["config"])
 
 
@@ -350,131 +259,3 @@ def format_int8_report(r: dict[str, Any]) -> str:
         f"{r['dice_fp32']:.4f} -> {r['dice_int8']:.4f} ({r['dice_change']:+.4f}); median latency "
         f"{r['ms_fp32']:.1f} -> {r['ms_int8']:.1f} ms ({r['speedup']:.2f}x)"
     )
-
-
-# ---------------------------------------------------------------------------------------------------
-# benchmark
-
-
-BENCH_ENCODERS = ("resnet50", "tu-tf_efficientnet_lite0")
-REALTIME_ENCODER = "tu-tf_efficientnet_lite0"
-
-
-def _time(fn: Callable[[np.ndarray], Any], frames: list[np.ndarray], iterations: int, warmup: int) -> np.ndarray:
-    for i in range(warmup):
-        fn(frames[i % len(frames)])
-    times = []
-    for i in range(iterations):
-        start = time.perf_counter()
-        fn(frames[i % len(frames)])
-        times.append(time.perf_counter() - start)
-    return 1000 * np.asarray(times)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def benchmark(
-    quick: bool = False,
-    data: str | Path = DEFAULT_DATA,
-    encoders: Sequence[str] = BENCH_ENCODERS,
-    height: int = 288,
-    width: int = 384,
-    int8: bool = False,
-    iterations: int | None = None,
-    threads: int | None = None,
-    video: bool = True,
-    video_frames: int | None = None,
-    verbose: bool = True,
-) -> dict[str, Any]:
-    """Per-frame latency (median, p90) and fps of torch eager vs ONNX Runtime (and int8 with ``int8``)
-    for DeepLabV3+ with each of ``encoders`` (random weights) at ``height x width`` on real frames of
-    ``data``, and the end-to-end fps of the video pipeline (``run_video``, the real-time encoder) on a
-    clip built from the dataset's frames. Prints a table (``verbose``) and returns the numbers.
-
-    Latency covers what ``Predictor.predict_prob`` does for one frame: preprocessing, the network and
-    resizing the probabilities back. ``quick``: few iterations, a short clip (for development).
-    """
-    import onnxruntime as ort
-
-    from .data import index_dataset, read_image
-
-    threads = threads or cpu_cores()
-    torch.set_num_threads(threads)
-    iterations = iterations or (5 if quick else 40)
-    warmup = 2 if quick else 5
-    pairs = index_dataset(data).pairs
-    frames = [read_image(p.image) for p in _spread(pairs, 8)]
-    say: Callable[[str], None] = print if verbose else (lambda _: None)
-    header = (f"CPU: {_cpu_name()}, {cpu_cores()} cores available, {threads} inference thread(s); torch {torch.__version__}, "
-              f"onnxruntime {ort.__version__}; DeepLabV3+ at {height}x{width}, batch 1, random weights; "
-              f"{iterations} timed frames after {warmup} warm-up")
-    say(header)
-    rows: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"header": header, "rows": rows, "video": []}
-    with tempfile.TemporaryDirectory(prefix="polypseg-bench-") as tmp:
-        checkpoints = {}
-        for encoder in encoders:
-            cfg = Config(arch="deeplabv3plus", encoder=encoder, encoder_weights="none", height=height,
-                         width=width, data=str(data))
-            torch.manual_seed(0)
-            ckpt = save_checkpoint(build_model(cfg), cfg, Path(tmp) / encoder / "best")
-            checkpoints[encoder] = ckpt
-            onnx_file = export_onnx(ckpt, check_frames=1, data=data, verbose=False)
-            variants = [("torch eager", dict(backend="torch")),
-                        ("onnxruntime", dict(backend="onnxruntime", onnx_path=onnx_file))]
-            if int8:
-                calib_pairs, where = _side_pairs(ckpt, cfg, data, "train")
-                q = quantize_int8(onnx_file, int8_path_for(onnx_file),
-                                  _calibration_inputs(calib_pairs, cfg, 16 if quick else 64), where)
-                variants.append(("onnxruntime int8", dict(backend="onnxruntime", onnx_path=q)))
-            base = None
-            for name, kwargs in variants:
-                predictor = Predictor(ckpt, threads=threads, **kwargs)
-                ms = _time(predictor.predict_prob, frames, iterations, warmup)
-                fps = 1000 / ms.mean()
-                base = base or fps
-                rows.append({"model": encoder, "runtime": name, "median_ms": float(np.median(ms)),
-                             "p90_ms": float(np.percentile(ms, 90)), "fps": fps, "vs_torch": fps / base})
-                del predictor
-        if video and REALTIME_ENCODER in checkpoints:
-            from .video import run_video, write_clip
-
-            n = video_frames or (50 if quick else 200)
-            clip_pairs = sorted(pairs, key=lambda p: (p.sequence or 0, p.id))[:n]
-            clip = write_clip((read_image(p.image) for p in clip_pairs), Path(tmp) / "clip.mp4", fps=25)
-            runs = [(f"{REALTIME_ENCODER} ({height}x{width} input)", checkpoints[REALTIME_ENCODER], b)
-                    for b in (("onnxruntime",) if quick else ("onnxruntime", "torch"))]
-            if DEFAULT_MODEL.is_file():  # the trained model `video` uses by default, at its own input size
-                cfg = load_checkpoint_config(DEFAULT_MODEL)
-                label = f"shipped real-time model ({cfg.encoder}, {cfg.height}x{cfg.width} input)"
-                runs += [(label, None, b) for b in (("onnxruntime",) if quick else ("onnxruntime", "torch"))]
-            for i, (label, ckpt, backend) in enumerate(runs):
-                stats = run_video(clip, ckpt, Path(tmp) / f"out-{i}.mp4", backend=backend, show_progress=False,
-                                  threads=threads)
-                result["video"].append({"model": label, "runtime": backend, "frames": stats.frames,
-                                        "fps": stats.fps, "latency_median_ms": stats.latency_median_ms,
-                                        "latency_p90_ms": stats.latency_p90_ms})
-    say(format_benchmark(result))
-    return result
-
-
-def format_benchmark(result: dict[str, Any]) -> str:
-    lines = ["| model | runtime | median ms | p90 ms | fps | vs torch |", "|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['model']} | {r['runtime']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
-                     f"{r['fps']:.1f} | {r['vs_torch']:.2f}x |")
-    if result["video"]:
-        lines += ["", "| video pipeline (decode -> infer -> encode) | runtime | frames | end-to-end fps | "
-                      "latency median ms | p90 ms |", "|---|---|---|---|---|---|"]
-        for v in result["video"]:
-            lines.append(f"| {v['model']} | {v['runtime']} | {v['frames']} | {v['fps']:.1f} | "
-                         f"{v['latency_median_ms']:.1f} | {v['latency_p90_ms']:.1f} |")
-    return "\n".join(lines)

@@ -7,21 +7,59 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import PolypsegError
+
+
+def temp_path(path: str | Path, keep_suffix: bool = False) -> Path:
+    """A new empty hidden file in ``path``'s folder (``.NAME.XXXX.tmp``), to be renamed over ``path`` by
+    ``publish``. ``keep_suffix`` ends the name in ``path``'s suffix too (``.NAME.XXXX.tmp.mp4``): OpenCV
+    picks the video container by it."""
+    path = Path(path)
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp: str | Path, path: str | Path) -> Path:
+    """Rename the finished ``tmp`` over ``path`` in one step: readers see the old file or the new one."""
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared like any other
+    os.replace(tmp, path)
+    return Path(path)
+
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file in ``path``'s folder, then rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_path(path)
     try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared like any other
-        os.replace(tmp, path)
+        write(str(tmp))
+        return publish(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def check_writable(path: str | Path, what: str, folder: bool = False) -> None:
+    """Fail before any work starts when ``path`` (a file, or with ``folder`` a folder, still to be written)
+    cannot be written: its nearest existing ancestor is a file, or is not writable."""
+    path = Path(path).absolute()
+    if path.exists() and path.is_dir() != folder:
+        kind = "folder" if path.is_dir() else "file"
+        raise PolypsegError(f"{path} is a {kind}; give {'a folder' if folder else 'a file name'} for {what}.")
+    existing = path if path.is_dir() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PolypsegError(f"Cannot write {what} at {path}: {existing} is a file, not a folder. Choose another path.")
+    try:  # a real probe: permission bits say nothing about root, read-only mounts or full disks
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise PolypsegError(
+            f"Cannot write {what} at {path}: the folder {existing} is not writable ({err.strerror}). "
+            "Choose another output path, or make the folder writable."
+        ) from None

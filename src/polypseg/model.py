@@ -23,9 +23,7 @@ CHECKPOINT_FORMAT = "polypseg-checkpoint/1"
 
 
 def architectures() -> list[str]:
-    return sorted(smp.MODEL_ARCHITECTURES_MAPPING) if hasattr(smp, "MODEL_ARCHITECTURES_MAPPING") else sorted(
-        smp.create_model.__globals__["MODEL_ARCHITECTURES_MAPPING"]
-    )
+    return sorted(smp.MODEL_ARCHITECTURES_MAPPING)
 
 
 def _close(name: str, valid: list[str]) -> str:

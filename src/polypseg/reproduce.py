@@ -13,6 +13,7 @@ import torch
 
 from .config import Config
 from .evaluate import evaluate, format_summary_table
+from .files import atomic_write_text
 from .train import train
 
 
@@ -45,7 +46,7 @@ def reproduce(cfg: Config, out_dir: str | Path, tta: bool = False, device: str =
         "machine": machine(),
         "evaluation": summary["out"],
     }
-    (Path(run) / "reproduce.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(Path(run) / "reproduce.json", json.dumps(record, indent=2) + "\n")
     print()
     print(format_summary_table(summary))
     print(f"training: {trained / 60:.1f} min on {record['machine']}; run folder: {run}")

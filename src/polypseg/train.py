@@ -6,6 +6,7 @@ Run folder (see docs/DESIGN.md): config.json, split.json, metrics.csv, curve.png
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import logging
@@ -31,9 +32,24 @@ from .splits import load_split, make_split, resolve_fold, save_split, with_index
 from .transforms import eval_transform, train_transform
 
 # Lightning's start-up tips and a deprecation inside its own code say nothing to a polypseg user.
-for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector")
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's tips and that deprecation silenced during training only: importing or calling polypseg
+    leaves the caller's logging levels and warnings filters as they were."""
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+            yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 LOSSES = ("dice+bce", "structure", "dice", "bce", "focal", "lovasz", "tversky")
 
@@ -262,13 +278,11 @@ class RunFolder(Callback):
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
 
     epochs = [r["epoch"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    a, b = fig.subplots(1, 2)
     a.plot(epochs, [r["train_loss"] for r in rows], label="train")
     a.plot(epochs, [r["val_loss"] for r in rows], label="validation")
     a.set(xlabel="epoch", ylabel="loss", title="Loss")
@@ -279,7 +293,6 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     b.legend()
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
 
 
 def _resolve_split(cfg: Config, index):
@@ -385,21 +398,22 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
     callbacks: list[Callback] = [RunFolder(run, cfg, has_val=val_ds is not None)]
     if cfg.patience > 0 and val_ds is not None:
         callbacks.append(EarlyStopping(monitor="val_dice", mode="max", patience=cfg.patience))
-    trainer = L.Trainer(
-        **_trainer_settings(cfg),
-        max_epochs=cfg.epochs,
-        callbacks=callbacks,
-        logger=[CSVLogger(run, name="logs", version=""), TensorBoardLogger(run, name="logs", version="tb")],
-        enable_checkpointing=False,  # RunFolder writes checkpoints atomically
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        limit_train_batches=cfg.limit_batches,
-        limit_val_batches=cfg.limit_batches,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        deterministic=not torch.cuda.is_available(),
-    )
-    trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            **_trainer_settings(cfg),
+            max_epochs=cfg.epochs,
+            callbacks=callbacks,
+            logger=[CSVLogger(run, name="logs", version=""), TensorBoardLogger(run, name="logs", version="tb")],
+            enable_checkpointing=False,  # RunFolder writes checkpoints atomically
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            limit_train_batches=cfg.limit_batches,
+            limit_val_batches=cfg.limit_batches,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+            deterministic=not torch.cuda.is_available(),
+        )
+        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
     if trainer.is_global_zero and val_ds is not None and cfg.classes == 1:
         if cfg.threshold is None:
             _choose_threshold(run, [by_id[i] for i in split.val])

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import queue
-import tempfile
 import threading
 import time
 from collections import deque
@@ -28,10 +26,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
+from .data import folder_images, read_image
 from .errors import PolypsegError
-from .predict import STATS_FIELDS, Predictor, check_threshold, folder_images, frame_stats
+from .files import check_writable, publish, temp_path
+from .predict import STATS_FIELDS, Predictor, check_threshold, frame_stats
+from .progress import progress_bar
 from .viz import GREEN, overlay
 
 CSV_FIELDS = ("frame", *STATS_FIELDS, "latency_ms")
@@ -104,8 +104,6 @@ class _FolderSource(_Source):
         self.total = len(self.paths)
 
     def frames(self):
-        from .data import read_image
-
         for i, path in enumerate(self.paths):
             try:
                 yield i, read_image(path)
@@ -188,24 +186,12 @@ def draw_overlay(image: np.ndarray, mask: np.ndarray, area_fraction: float, fps:
     return out
 
 
-def _temp_beside(path: Path) -> Path:
-    """A fresh temporary name in ``path``'s folder with its suffix (OpenCV picks the container by it)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-", suffix=path.suffix)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are shared like any other file
-    os.replace(tmp, path)
-
-
 def write_clip(frames: Iterable[np.ndarray], path: str | Path, fps: float = DEFAULT_FPS) -> Path:
     """RGB frames (all of one size) -> a video file (mp4v for .mp4, MJPG for .avi), written atomically."""
     path = Path(path)
     fourcc = _fourcc(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
+    tmp = temp_path(path, keep_suffix=True)
     writer = None
     try:
         for frame in frames:
@@ -217,7 +203,7 @@ def write_clip(frames: Iterable[np.ndarray], path: str | Path, fps: float = DEFA
         if writer is None:
             raise PolypsegError(f"No frames to write into {path}.")
         writer.release()
-        _publish(tmp, path)
+        publish(tmp, path)
     finally:
         if writer is not None:
             writer.release()
@@ -240,7 +226,7 @@ class _Encoder(threading.Thread):
     """Draws, encodes and logs frames from ``inbox`` until it receives _END."""
 
     def __init__(self, inbox: queue.Queue, video_tmp: Path, csv_tmp: Path, fourcc: int, fps: float,
-                 threshold: float, stats: VideoStats, progress: tqdm | None):
+                 threshold: float, stats: VideoStats, progress):
         super().__init__(name="polypseg-encode", daemon=True)
         self.inbox, self.video_tmp, self.csv_tmp = inbox, video_tmp, csv_tmp
         self.fourcc, self.fps, self.threshold = fourcc, fps, threshold
@@ -272,8 +258,7 @@ class _Encoder(threading.Thread):
                     writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
                     log.writerow(row)
                     self.stats.frames += 1
-                    if self.progress is not None:
-                        self.progress.update(1)
+                    self.progress.update(1)
         except BaseException as err:  # reported by the main thread
             self.error = err
             # keep taking frames so that the inference stage never blocks on a full queue
@@ -351,60 +336,80 @@ def _decode(source: _Source, prepare, outbox: queue.Queue, stop: threading.Event
 
 def run_video(
     source: str | int | Path,
-    checkpoint: str | Path | None = None,
+    predictor: Predictor,
     out_path: str | Path = "overlay.mp4",
-    backend: str = "torch",
-    device: str = "cpu",
     csv_path: str | Path | None = None,
     max_frames: int | None = None,
     show_progress: bool = True,
-    tta: bool = False,
     threshold: float | None = None,
-    onnx_path: str | Path | None = None,
-    threads: int | None = None,
     fps: float | None = None,
-    predictor: Predictor | None = None,
 ) -> VideoStats:
-    """Segment every frame of ``source`` and write the overlay video ``out_path`` (.mp4: mp4v, .avi:
-    MJPG) at the source's frame rate (``fps`` overrides; frame folders: 25) and the per-frame CSV
-    ``csv_path`` (default: beside the video, ``.csv``) with columns frame (index in the source),
-    polyp_present, area_fraction, mean_confidence (mean probability inside the mask) and latency_ms
-    (preprocessing + network + resizing back, for that frame; time waiting in queues not included).
-    Preprocessing runs in the decoder thread and resizing back in the encoder thread, so the calling
-    thread does nothing but run the network.
+    """Segment every frame of ``source`` with ``predictor`` and write the overlay video ``out_path``
+    (.mp4: mp4v, .avi: MJPG) at the source's frame rate (``fps`` overrides; frame folders: 25) and the
+    per-frame CSV ``csv_path`` (default: beside the video, ``.csv``) with columns frame (index in the
+    source), polyp_present, area_fraction, mean_confidence (mean probability inside the mask) and
+    latency_ms (preprocessing + network + resizing back, for that frame; time waiting in queues not
+    included). Preprocessing runs in the decoder thread and resizing back in the encoder thread, so the
+    calling thread does nothing but run the network.
 
-    ``predictor`` reuses a loaded model (``checkpoint``, ``backend``, ``device``, ``tta``,
-    ``onnx_path`` and ``threads`` are then ignored). Ctrl-C stops the run and keeps what was done
-    (``interrupted`` in the returned stats). A source with no decodable frame raises PolypsegError and
-    leaves no file behind.
+    Ctrl-C stops the run and keeps what was done (``interrupted`` in the returned stats). A source with
+    no decodable frame raises PolypsegError and leaves no file behind.
     """
     check_threshold(threshold)
     if max_frames is not None and max_frames < 1:
         raise PolypsegError(f"--max-frames must be 1 or more, got {max_frames}.")
+    out, csv_out = output_paths(out_path, csv_path)
+    src = open_source(source)
+    stats = VideoStats(source=str(source), output=out, csv=csv_out)
+    try:
+        for p in (out, csv_out):
+            p.parent.mkdir(parents=True, exist_ok=True)
+        video_tmp, csv_tmp = temp_path(out, keep_suffix=True), temp_path(csv_out, keep_suffix=True)
+        try:
+            error = _run_pipeline(src, predictor, video_tmp, csv_tmp, _fourcc(out), fps or src.fps,
+                                  predictor.threshold if threshold is None else threshold, max_frames, stats,
+                                  show_progress)
+            # Both threads have stopped and the writer is released: what is there is a playable file,
+            # published even after an error. The video first: a CSV never appears without its video.
+            if stats.frames > 0:
+                publish(video_tmp, out)
+                publish(csv_tmp, csv_out)
+        finally:
+            video_tmp.unlink(missing_ok=True)
+            csv_tmp.unlink(missing_ok=True)
+    finally:
+        src.close()
+    if error is not None:
+        raise error
+    if stats.frames == 0 and not stats.interrupted:
+        if stats.skipped:
+            raise PolypsegError(
+                f"None of the {stats.skipped} frame(s) of {source} could be decoded; nothing was written."
+            )
+        raise PolypsegError(f"{source} holds no frames; nothing was written.")
+    return stats
+
+
+def output_paths(out_path: str | Path, csv_path: str | Path | None) -> tuple[Path, Path]:
+    """The video and CSV paths, checked before any frame is decoded."""
     out = Path(out_path)
-    fourcc = _fourcc(out)
+    _fourcc(out)
     csv_out = Path(csv_path) if csv_path is not None else out.with_suffix(".csv")
     if out.resolve() == csv_out.resolve():
         raise PolypsegError("The video and the CSV need different file names.")
-    for p in (out, csv_out):
-        if p.is_dir():
-            raise PolypsegError(f"{p} is a folder; give a file name.")
-    src = open_source(source)
-    try:
-        if predictor is None:
-            predictor = Predictor(checkpoint, device=device, tta=tta, backend=backend, onnx_path=onnx_path,
-                                  threads=threads)
-    except BaseException:
-        src.close()
-        raise
-    t = predictor.threshold if threshold is None else threshold
-    stats = VideoStats(source=str(source), output=out, csv=csv_out)
-    total = src.total if max_frames is None or src.total is None else min(src.total, max_frames)
-    for p in (out, csv_out):
-        p.parent.mkdir(parents=True, exist_ok=True)
-    video_tmp, csv_tmp = _temp_beside(out), _temp_beside(csv_out)
-    progress = tqdm(total=total, desc="video", unit="frame") if show_progress and total else None
+    check_writable(out, "the overlay video (-o)")
+    check_writable(csv_out, "the per-frame CSV (--csv)")
+    return out, csv_out
 
+
+def _run_pipeline(src: _Source, predictor: Predictor, video_tmp: Path, csv_tmp: Path, fourcc: int,
+                  fps: float, threshold: float, max_frames: int | None, stats: VideoStats,
+                  show_progress: bool) -> BaseException | None:
+    """Decode (thread) -> infer (this thread) -> encode (thread) into the temporary files; fills ``stats``.
+    Ctrl-C ends it early with ``stats.interrupted``; any other error of the three stages is returned once
+    both threads have stopped."""
+    total = src.total if max_frames is None or src.total is None else min(src.total, max_frames)
+    bar = progress_bar(total, desc="video", unit="frame", enabled=show_progress)
     # A live source keeps at most one frame waiting, so that the overlay shows the newest frame.
     frames_in: queue.Queue = queue.Queue(maxsize=1 if src.live else QUEUE_SIZE)
     frames_out: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
@@ -414,20 +419,13 @@ def run_video(
         target=_decode, args=(src, predictor.prepare, frames_in, stop, max_frames, stats, decode_errors),
         name="polypseg-decode", daemon=True,
     )
-    encoder = _Encoder(frames_out, video_tmp, csv_tmp, fourcc, fps or src.fps, t, stats, progress)
+    encoder = _Encoder(frames_out, video_tmp, csv_tmp, fourcc, fps, threshold, stats, bar)
     error: BaseException | None = None
     start = time.perf_counter()
     decoder.start()
     encoder.start()
     try:
-        while (item := frames_in.get()) is not _END:
-            index, image, x, fitted, latency = item
-            begin = time.perf_counter()
-            padded = predictor.infer(x)
-            latency += 1000 * (time.perf_counter() - begin)
-            frames_out.put((index, image, padded, fitted, latency))
-            if encoder.error is not None:
-                break
+        _infer(predictor, frames_in, frames_out, encoder)
     except KeyboardInterrupt:
         stats.interrupted = True
     except BaseException as err:
@@ -438,21 +436,17 @@ def run_video(
         encoder.join()
         decoder.join(timeout=5)
         stats.seconds = time.perf_counter() - start
-        if progress is not None:
-            progress.close()
-        error = error or encoder.error or (decode_errors[0] if decode_errors else None)
-        if stats.frames > 0:
-            _publish(video_tmp, out)
-            _publish(csv_tmp, csv_out)
-        else:
-            video_tmp.unlink(missing_ok=True)
-            csv_tmp.unlink(missing_ok=True)
-    if error is not None:
-        raise error
-    if stats.frames == 0 and not stats.interrupted:
-        if stats.skipped:
-            raise PolypsegError(
-                f"None of the {stats.skipped} frame(s) of {source} could be decoded; nothing was written."
-            )
-        raise PolypsegError(f"{source} holds no frames; nothing was written.")
-    return stats
+        bar.close()
+    return error or encoder.error or (decode_errors[0] if decode_errors else None)
+
+
+def _infer(predictor: Predictor, frames_in: queue.Queue, frames_out: queue.Queue, encoder: _Encoder) -> None:
+    """The network on every prepared frame, until the decoder's end marker or an encoder error."""
+    while (item := frames_in.get()) is not _END:
+        index, image, x, fitted, latency = item
+        begin = time.perf_counter()
+        padded = predictor.infer(x)
+        latency += 1000 * (time.perf_counter() - begin)
+        frames_out.put((index, image, padded, fitted, latency))
+        if encoder.error is not None:
+            return

@@ -21,12 +21,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .config import Config
 from .errors import PolypsegError
+
+if TYPE_CHECKING:  # config imports this module; a runtime import back would be a cycle
+    from .config import Config
 
 log = logging.getLogger(__name__)
 

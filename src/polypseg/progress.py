@@ -1,0 +1,79 @@
+"""Progress of long loops: tqdm's bar on a terminal, a plain line every 10% when output goes to a file or
+a pipe (a log then reads as a few lines, not hundreds of carriage-return updates)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TextIO, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+STEP_PERCENT = 10
+UNKNOWN_TOTAL_STEP = 100  # items between lines when the total is not known
+
+
+class LineProgress:
+    """``update``/``close`` like tqdm's, printing ``desc: 30% (93/310 img)`` lines at each 10% step."""
+
+    def __init__(self, total: int | None, desc: str, unit: str, stream: TextIO):
+        self.total, self.desc, self.unit, self.stream = total, desc, unit, stream
+        self.n = 0
+        self.shown = 0  # the count of the last line printed
+
+    def update(self, n: int = 1) -> None:
+        before, self.n = self.n, self.n + n
+        if self.total:
+            due = self.n * 100 // self.total // STEP_PERCENT > before * 100 // self.total // STEP_PERCENT
+        else:
+            due = self.n // UNKNOWN_TOTAL_STEP > before // UNKNOWN_TOTAL_STEP
+        if due:
+            self._line()
+
+    def close(self) -> None:
+        if self.n != self.shown:  # the end, when it did not fall on a step
+            self._line()
+
+    def _line(self) -> None:
+        self.shown = self.n
+        if self.total:
+            text = f"{self.desc}: {self.n * 100 // self.total}% ({self.n}/{self.total} {self.unit})"
+        else:
+            text = f"{self.desc}: {self.n} {self.unit}"
+        print(text, file=self.stream, flush=True)
+
+
+class NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True, stream: TextIO | None = None):
+    """An object with ``update(n)`` and ``close()``: tqdm on a terminal, plain lines otherwise, nothing
+    when not ``enabled``. Writes to ``stream`` (default: stderr, where tqdm writes)."""
+    stream = stream or sys.stderr
+    if not enabled:
+        return NoProgress()
+    if getattr(stream, "isatty", lambda: False)():
+        return tqdm(total=total, desc=desc, unit=unit, file=stream)
+    return LineProgress(total, desc, unit, stream)
+
+
+def progress(
+    items: Iterable[T], desc: str, unit: str = "it", total: int | None = None, enabled: bool = True,
+    stream: TextIO | None = None,
+) -> Iterator[T]:
+    """``items``, reporting progress as ``progress_bar`` does (total: ``len(items)`` when it has one)."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    bar = progress_bar(total, desc, unit, enabled, stream)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()

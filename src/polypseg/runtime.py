@@ -1,0 +1,291 @@
+"""The inference runtime: the torch and ONNX Runtime backends, ONNX sessions and metadata, in-memory ONNX
+export and per-call thread settings. ``predict``, ``video``, ``export``, ``evaluate`` and ``bench`` call
+down into this module; it imports nothing of theirs.
+
+A backend maps a normalised float32 ``N x 3 x H x W`` input (``H``, ``W`` multiples of 32) to float32
+``N x H x W`` polyp probabilities. An ONNX file written by polypseg outputs probabilities (the sigmoid is
+part of the graph) and carries the run's config and the checkpoint's sha256 in its metadata, so the file
+alone is enough to predict and a stale export is recognised.
+
+Exporter: the TorchScript exporter (``dynamo=False``). With torch 2.14 both exporters give ONNX files
+of the same speed for smp models with dynamic H/W, but the dynamo exporter took minutes of CPU for
+DeepLabV3+/EfficientNet-Lite0 where TorchScript takes about 2 s; dynamo is the fallback for torch
+builds without the TorchScript exporter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config
+from .errors import PolypsegError
+from .model import load_checkpoint
+
+BACKENDS = ("torch", "onnxruntime")
+OPSET = 17
+# Keys of the metadata every ONNX file written by polypseg carries.
+ONNX_CONFIG_KEY = "polypseg.config"
+ONNX_SHA256_KEY = "polypseg.checkpoint_sha256"
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (not the machine's total under a container's affinity mask)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` for the ``with`` block only (None: left as it is).
+
+    torch's setting is process-wide: a library call that changed it for good would slow down or
+    oversubscribe whatever else the caller runs.
+    """
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def torch_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PolypsegError(f"Unknown device '{device}'. Use cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PolypsegError(f"Device '{device}' was asked for but torch sees no CUDA GPU here. Use --device cpu.")
+    return dev
+
+
+# ---------------------------------------------------------------------------------------------------
+# ONNX Runtime sessions
+
+
+def ort_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None):
+    """An ONNX Runtime session tuned for one-frame latency: all graph optimisations, sequential
+    execution, ``threads`` intra-op threads (default: every core this process may use)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise PolypsegError(
+            "The onnxruntime backend needs ONNX Runtime: pip install 'polypseg[onnx]'."
+        ) from None
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads or cpu_cores()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: ORT warns about every initialiser it folds
+    dev = torch_device(device)
+    providers: list = ["CPUExecutionProvider"]
+    if dev.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise PolypsegError(
+                f"Device '{device}' with --backend onnxruntime needs onnxruntime-gpu (this onnxruntime has "
+                f"{', '.join(ort.get_available_providers())}). Install onnxruntime-gpu, or use --backend torch."
+            )
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": dev.index or 0}))
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, opts, providers=providers)
+    except Exception as err:  # ORT raises its own exception types for unreadable or invalid files
+        raise PolypsegError(
+            f"ONNX Runtime cannot load the model {'(in memory)' if isinstance(model, bytes) else model}: {err}. "
+            "Export it again with `polypseg export`."
+        ) from None
+
+
+def onnx_metadata(session) -> dict[str, str]:
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+# ---------------------------------------------------------------------------------------------------
+# in-memory ONNX export
+
+
+class Probabilities(torch.nn.Module):
+    """The network with its sigmoid: the ONNX file outputs probabilities."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(image))
+
+
+def _torchscript_export(module: torch.nn.Module, sample: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated and smp's shape checks emit tracer warnings; the export
+        # is checked against torch by `polypseg export` instead.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (sample,), buf, input_names=["image"], output_names=["prob"], opset_version=OPSET,
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                          "prob": {0: "batch", 2: "height", 3: "width"}},
+            dynamo=False,
+        )
+    return buf.getvalue()
+
+
+def _dynamo_export(module: torch.nn.Module, sample: torch.Tensor) -> bytes:
+    dim = torch.export.Dim
+    shapes = {"image": {0: dim("batch", min=1, max=64), 2: 32 * dim("h32", min=1, max=256),
+                        3: 32 * dim("w32", min=1, max=256)}}
+    program = torch.onnx.export(
+        module, (sample,), input_names=["image"], output_names=["prob"], dynamic_shapes=shapes,
+        dynamo=True, verbose=False,
+    )
+    return program.model_proto.SerializeToString()
+
+
+def export_bytes(
+    model: torch.nn.Module, cfg: Config, checkpoint: str | Path | None = None, dynamo: bool | None = None
+) -> bytes:
+    """The serialised ONNX model of ``model`` (probabilities out, dynamic batch, height and width), with
+    the polypseg metadata. ``dynamo=None``: the TorchScript exporter, or dynamo where it is missing."""
+    import onnx
+
+    module = Probabilities(model.to("cpu").eval()).eval()
+    sample = torch.zeros(1, cfg.in_channels, cfg.height, cfg.width)
+    if dynamo is None:
+        try:
+            blob = _torchscript_export(module, sample)
+        except (ImportError, AttributeError, NotImplementedError, TypeError):  # torch without TorchScript export
+            blob = _dynamo_export(module, sample)
+    else:
+        blob = _dynamo_export(module, sample) if dynamo else _torchscript_export(module, sample)
+    proto = onnx.load_from_string(blob)
+    meta = {
+        ONNX_CONFIG_KEY: json.dumps(cfg.to_dict()),
+        "polypseg.input": "image: float32 N x 3 x H x W, RGB scaled to [0, 1] then (x - mean) / std; "
+                          "H and W multiples of 32",
+        "polypseg.output": "prob: float32 N x 1 x H x W polyp probabilities",
+        "polypseg.torch": torch.__version__,
+    }
+    if checkpoint is not None:
+        meta[ONNX_SHA256_KEY] = file_sha256(checkpoint)
+    set_metadata(proto, meta)
+    return proto.SerializeToString()
+
+
+def set_metadata(proto, values: dict[str, str]) -> None:
+    """Set ``values`` in an ONNX ModelProto's metadata, keeping its other entries."""
+    kept = {p.key: p.value for p in proto.metadata_props if p.key not in values}
+    del proto.metadata_props[:]
+    for key, value in {**kept, **values}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+# ---------------------------------------------------------------------------------------------------
+# backends
+
+
+class TorchBackend:
+    """Eager torch under ``inference_mode``; ``threads`` applies during each call only."""
+
+    name = "torch"
+    session = None
+
+    def __init__(self, model: torch.nn.Module, cfg: Config, device: torch.device, threads: int | None = None):
+        self.channels_last = cfg.channels_last
+        self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
+        self.device = device
+        self.threads = threads
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with torch_threads(self.threads), torch.inference_mode():
+            t = torch.from_numpy(x).to(self.device)
+            if self.channels_last:
+                t = t.contiguous(memory_format=torch.channels_last)
+            return torch.sigmoid(self.model(t))[:, 0].float().cpu().numpy()
+
+
+class OnnxBackend:
+    """An ONNX Runtime session (its threads are the session's own, set when it was built)."""
+
+    name = "onnxruntime"
+    model = None
+
+    def __init__(self, session):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0][:, 0]
+
+
+def torch_backend(weights: Path, device: str = "cpu", threads: int | None = None) -> tuple[TorchBackend, Config]:
+    """The checkpoint ``weights`` (a .safetensors file with its .json) as a torch backend, and its config."""
+    dev = torch_device(device)
+    model, cfg = load_checkpoint(weights, device=dev)
+    return TorchBackend(model, cfg, dev, threads), cfg
+
+
+def onnx_backend(
+    weights: Path | None, onnx_path: str | Path | None = None, device: str = "cpu", threads: int | None = None
+) -> tuple[OnnxBackend, Config]:
+    """An ONNX Runtime backend and the config its file carries.
+
+    ``onnx_path`` given: that file (written by `polypseg export`; when ``weights`` is given too it must
+    have been exported from them). Else the ``.onnx`` beside ``weights`` when it was exported from these
+    weights, else ``weights`` exported in memory (a few seconds; `polypseg export` saves that time).
+    """
+    torch_device(device)  # a wrong device fails here, before any export
+    if onnx_path is not None:
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            raise PolypsegError(f"The ONNX file {onnx_path} does not exist. Write it with `polypseg export`.")
+        session = ort_session(onnx_path, device, threads)
+        meta = onnx_metadata(session)
+        if ONNX_CONFIG_KEY not in meta:
+            raise PolypsegError(
+                f"{onnx_path} was not written by `polypseg export` (it lacks the polypseg config), so its "
+                "input size and normalisation are unknown. Export the run with `polypseg export`."
+            )
+        if weights is not None and meta.get(ONNX_SHA256_KEY) != file_sha256(weights):
+            raise PolypsegError(
+                f"{onnx_path} was exported from other weights than {weights}. Export this checkpoint "
+                "again (`polypseg export`), or pass only the ONNX file."
+            )
+    else:
+        if weights is None:
+            raise PolypsegError("The onnxruntime backend needs a checkpoint or an ONNX file (--onnx).")
+        session = None
+        beside = weights.with_suffix(".onnx")
+        if beside.is_file():
+            found = ort_session(beside, device, threads)
+            if onnx_metadata(found).get(ONNX_SHA256_KEY) == file_sha256(weights):
+                session = found
+        if session is None:
+            model, cfg = load_checkpoint(weights)
+            session = ort_session(export_bytes(model, cfg, weights), device, threads)
+    cfg = Config.from_dict(json.loads(onnx_metadata(session)[ONNX_CONFIG_KEY]))
+    return OnnxBackend(session), cfg

@@ -1,0 +1,116 @@
+"""The package's layout: imports between polypseg modules point one way (no cycle), and no module imports
+another module's private ``_name``. Read from the source with ast, so lazy imports inside functions count
+too; imports under ``if TYPE_CHECKING:`` (type hints only, never run) do not."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import polypseg
+
+PACKAGE = Path(polypseg.__file__).resolve().parent
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those under ``if TYPE_CHECKING:``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
+def polypseg_imports(source: str) -> list[tuple[str, str | None]]:
+    """(polypseg module, imported name or None) for every runtime import of a polypseg module in ``source``
+    (a module of the package: relative imports are resolved against it)."""
+    found = []
+    for node in _runtime_nodes(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:  # from .data import x
+                found += [(node.module.split(".")[0], a.name) for a in node.names]
+            elif node.level == 1:  # from . import metrics
+                found += [(a.name, None) for a in node.names]
+            elif node.module and node.module.split(".")[0] == "polypseg":
+                parts = node.module.split(".")
+                if len(parts) > 1:
+                    found += [(parts[1], a.name) for a in node.names]
+                else:
+                    found += [(a.name, None) for a in node.names]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] == "polypseg" and len(parts) > 1:
+                    found.append((parts[1], None))
+    return found
+
+
+def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
+    return {name: {m for m, _ in polypseg_imports(text) if m in sources and m != name}
+            for name, text in sources.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def _sources() -> dict[str, str]:
+    return {name: (PACKAGE / f"{name}.py").read_text() for name in MODULES}
+
+
+def test_no_import_cycle_between_modules():
+    assert find_cycle(import_graph(_sources())) is None
+
+
+def test_no_module_imports_another_modules_private_names():
+    private = [f"{name} imports {mod}.{imported}"
+               for name, text in _sources().items()
+               for mod, imported in polypseg_imports(text)
+               if imported and imported.startswith("_") and mod != name]
+    assert private == []
+
+
+def test_the_checks_catch_what_they_look_for():
+    # A cycle through a lazy import inside a function, and a private name, are found; a type-only import
+    # under TYPE_CHECKING is not an import at run time.
+    sources = {
+        "a": "from .b import run\n",
+        "b": "def run():\n    from .c import _helper\n",
+        "c": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import X\nimport polypseg.a\n",
+    }
+    assert find_cycle(import_graph(sources)) == ["a", "b", "c", "a"]
+    assert ("c", "_helper") in polypseg_imports(sources["b"])
+    sources["c"] = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import X\n"
+    assert find_cycle(import_graph(sources)) is None
+    assert find_cycle({"x": {"y"}, "y": set()}) is None
