@@ -753,11 +753,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, insecure: bool = False) -> None:
-    """Load the model, print the address to open, serve until Ctrl-C. No access log: request paths and
-    upload names never reach a log."""
+def uvicorn_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000):
+    """uvicorn's settings for polypseg: no access log, since request paths and upload names must never
+    reach a log; uvicorn's own start and error lines stay."""
     import uvicorn
 
+    return uvicorn.Config(app, host=host, port=port, access_log=False, log_level="info")
+
+
+def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, insecure: bool = False) -> None:
+    """Load the model, print the address to open, serve until Ctrl-C."""
     settings.token = settings.token or os.environ.get(TOKEN_ENV) or None
     if not _is_loopback(host) and settings.token is None and not insecure:
         raise PolypsegError(
@@ -770,7 +775,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, in
     url = f"http://{shown}:{port}/" + (f"?token={settings.token}" if settings.token else "")
     print(f"polypseg: open {url}  (API docs: http://{shown}:{port}/docs; Ctrl-C stops)\n"
           f"polypseg: {RESEARCH_NOTE}", flush=True)
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+    uvicorn.Server(uvicorn_config(app, host, port)).run()
 
 
 @contextmanager
@@ -783,7 +788,7 @@ def background_server(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
 
     sock = socket.socket()
     sock.bind((host, 0))
-    server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="polypseg-uvicorn", daemon=True)
     thread.start()
     try:
