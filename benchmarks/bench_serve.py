@@ -1,0 +1,130 @@
+"""`polypseg serve` under load, over loopback: the real server (uvicorn, in a thread of this process, on a
+free port) with the shipped model, clients speaking plain HTTP and WebSocket.
+
+    python benchmarks/bench_serve.py                    # ONNX Runtime, as `polypseg serve` runs by default
+    python benchmarks/bench_serve.py --backend torch --seconds 5 --requests 32
+
+Prints one table: single-request latency, images/s with 1, 8 and 32 concurrent clients (and how many were
+refused with 503), and the live WebSocket at 288x384 (a camera at --camera-fps; one frame in flight, the
+newest camera frame sent as soon as the previous answer arrives, the others dropped). Target: live >= 20 fps
+on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+import cv2
+import numpy as np
+
+from polypseg.config import DEFAULT_DATA
+from polypseg.predict import Predictor, cpu_cores
+from polypseg.serve import ServeSettings, background_server, create_app
+
+BOUNDARY = "polypsegbench"
+
+
+def multipart(png: bytes) -> bytes:
+    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"frame.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+    return head + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def post(host: str, port: int, body: bytes) -> tuple[int, float]:
+    """One POST /api/v1/segment on a fresh connection -> (status, seconds)."""
+    begin = time.perf_counter()
+    conn = http.client.HTTPConnection(host, port, timeout=120)
+    conn.request("POST", "/api/v1/segment", body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response.status, time.perf_counter() - begin
+
+
+def load(host: str, port: int, body: bytes, clients: int, requests: int) -> dict:
+    """``requests`` requests from ``clients`` concurrent clients -> images/s, refused, latency."""
+    begin = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda _: post(host, port, body), range(requests)))
+    seconds = time.perf_counter() - begin
+    ok = [t for status, t in results if status == 200]
+    return {"clients": clients, "images_s": len(ok) / seconds, "refused": sum(s == 503 for s, _ in results),
+            "other": sum(s not in (200, 503) for s, _ in results),
+            "median_ms": 1000 * statistics.median(ok) if ok else float("nan")}
+
+
+def live(url: str, frames: list[bytes], seconds: float, camera_fps: float) -> dict:
+    """A camera at ``camera_fps`` streaming JPEGs; one frame in flight; -> fps, latency, dropped."""
+    from websockets.sync.client import connect
+
+    period = 1 / camera_fps
+    latencies, server_ms, sent = [], [], 0
+    with connect(url.replace("http://", "ws://") + "/api/v1/live", max_size=None) as ws:
+        begin = time.perf_counter()
+        while (now := time.perf_counter()) - begin < seconds:
+            tick = int((now - begin) / period)  # the newest camera frame
+            ws.send(frames[tick % len(frames)])
+            sent += 1
+            answer = ws.recv()
+            latencies.append(1000 * (time.perf_counter() - now))
+            server_ms.append(json.loads(answer)["server_ms"])
+            # wait for the next camera frame: a frame is never sent twice
+            next_tick = begin + (tick + 1) * period
+            time.sleep(max(0.0, next_tick - time.perf_counter()))
+        elapsed = time.perf_counter() - begin
+    camera_frames = int(elapsed / period)
+    return {"fps": sent / elapsed, "latency_median_ms": statistics.median(latencies),
+            "latency_p90_ms": float(np.percentile(latencies, 90)), "server_median_ms": statistics.median(server_ms),
+            "sent": sent, "camera_frames": camera_frames, "dropped": max(0, camera_frames - sent)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=DEFAULT_DATA, help="CVC-ClinicDB folder")
+    p.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
+    p.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"])
+    p.add_argument("--threads", type=int, help="inference threads (default: every core)")
+    p.add_argument("--workers", type=int, default=ServeSettings.workers)
+    p.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    p.add_argument("--seconds", type=float, default=10.0, help="duration of the live stream")
+    p.add_argument("--camera-fps", type=float, default=30.0)
+    a = p.parse_args()
+
+    images = sorted((Path(a.data) / "images").glob("*.png"))[300:340]
+    png = images[0].read_bytes()
+    jpegs = [cv2.imencode(".jpg", cv2.imread(str(f)), [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes() for f in images]
+    size = cv2.imread(str(images[0])).shape[:2]
+    predictor = Predictor(a.run, backend=a.backend, threads=a.threads)
+    app = create_app(predictor, ServeSettings(backend=a.backend, workers=a.workers))
+    body = multipart(png)
+    with background_server(app) as url:
+        host, port = urlparse(url).hostname, urlparse(url).port
+        for _ in range(5):  # warm-up
+            post(host, port, body)
+        single = sorted(post(host, port, body)[1] for _ in range(20))
+        levels = [load(host, port, body, clients, a.requests) for clients in (1, 8, 32)]
+        stream = live(url, jpegs, a.seconds, a.camera_fps)
+
+    print(f"polypseg serve, {a.backend}, {cpu_cores()} cores, {a.workers} inference workers, "
+          f"frames {size[0]}x{size[1]}, loopback")
+    print("| measure | value |\n|---|---|")
+    print(f"| single request latency (POST /api/v1/segment, JSON), median / p90 | "
+          f"{1000 * statistics.median(single):.0f} / {1000 * single[int(0.9 * len(single))]:.0f} ms |")
+    for level in levels:
+        print(f"| images/s, {level['clients']} concurrent client(s) | {level['images_s']:.1f} "
+              f"(median {level['median_ms']:.0f} ms; {level['refused']} refused with 503, {level['other']} other) |")
+    print(f"| live WebSocket fps (camera {a.camera_fps:g} fps, {a.seconds:g} s) | {stream['fps']:.1f} |")
+    print(f"| live round-trip latency, median / p90 | {stream['latency_median_ms']:.0f} / "
+          f"{stream['latency_p90_ms']:.0f} ms (server {stream['server_median_ms']:.0f} ms) |")
+    print(f"| live frames dropped (never queued) | {stream['dropped']} of {stream['camera_frames']} camera frames |")
+
+
+if __name__ == "__main__":
+    main()
