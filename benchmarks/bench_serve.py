@@ -102,6 +102,15 @@ def main() -> None:
     jpegs = [cv2.imencode(".jpg", cv2.imread(str(f)), [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes() for f in images]
     size = cv2.imread(str(images[0])).shape[:2]
     predictor = Predictor(a.run, backend=a.backend, threads=a.threads)
+    # the bare model on the same frame, at the same time: what the server adds is the rest
+    frame = cv2.cvtColor(cv2.imread(str(images[0])), cv2.COLOR_BGR2RGB)
+    for _ in range(3):
+        predictor.predict_prob(frame)
+    bare = []
+    for _ in range(20):
+        begin = time.perf_counter()
+        predictor.predict_prob(frame)
+        bare.append(1000 * (time.perf_counter() - begin))
     app = create_app(predictor, ServeSettings(backend=a.backend, workers=a.workers))
     body = multipart(png)
     with background_server(app) as url:
@@ -115,6 +124,7 @@ def main() -> None:
     print(f"polypseg serve, {a.backend}, {cpu_cores()} cores, {a.workers} inference workers, "
           f"frames {size[0]}x{size[1]}, loopback")
     print("| measure | value |\n|---|---|")
+    print(f"| bare model, Predictor.predict_prob, median | {statistics.median(bare):.0f} ms |")
     print(f"| single request latency (POST /api/v1/segment, JSON), median / p90 | "
           f"{1000 * statistics.median(single):.0f} / {1000 * single[int(0.9 * len(single))]:.0f} ms |")
     for level in levels:

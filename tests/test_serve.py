@@ -341,6 +341,20 @@ def test_cli_refuses_network_without_token(monkeypatch, capsys):
     assert "token" in capsys.readouterr().err
 
 
+def test_cli_serve_prints_the_address_to_open(monkeypatch, capsys):
+    import uvicorn
+
+    from polypseg.cli import main
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: served.append((self.config.host, self.config.port)))
+    monkeypatch.setenv("POLYPSEG_TOKEN", "t0ken")
+    assert main(["serve", "--backend", "torch", "--port", "8123"]) == 0
+    assert served == [("127.0.0.1", 8123)]
+    out = capsys.readouterr().out
+    assert "open http://127.0.0.1:8123/?token=t0ken" in out and "not for diagnosis" in out
+
+
 def test_decode_image_refuses_a_pixel_bomb():
     big = io.BytesIO()
     from PIL import Image

@@ -763,6 +763,8 @@ def uvicorn_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000):
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, insecure: bool = False) -> None:
     """Load the model, print the address to open, serve until Ctrl-C."""
+    import uvicorn
+
     settings.token = settings.token or os.environ.get(TOKEN_ENV) or None
     if not _is_loopback(host) and settings.token is None and not insecure:
         raise PolypsegError(
