@@ -4,10 +4,10 @@ free port) with the shipped model, clients speaking plain HTTP and WebSocket.
     python benchmarks/bench_serve.py                    # ONNX Runtime, as `polypseg serve` runs by default
     python benchmarks/bench_serve.py --backend torch --seconds 5 --requests 32
 
-Prints one table: single-request latency, images/s with 1, 8 and 32 concurrent clients (and how many were
+Prints a table: single-request latency, images/s with 1, 8 and 32 concurrent clients (and how many were
 refused with 503), and the live WebSocket at 288x384 (a camera at --camera-fps; one frame in flight, the
-newest camera frame sent as soon as the previous answer arrives, the others dropped). Target: live >= 20 fps
-on 2 CPU cores.
+newest camera frame sent as soon as the previous answer arrives, the others dropped); then what the server
+answers to each bad input. Target: live >= 20 fps on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -31,21 +31,57 @@ from polypseg.serve import ServeSettings, background_server, create_app
 BOUNDARY = "polypsegbench"
 
 
-def multipart(png: bytes) -> bytes:
-    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"frame.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode()
-    return head + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+def multipart(data: bytes, content_type: str = "image/png", field: str = "file") -> bytes:
+    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"upload\"\r\n"
+            f"Content-Type: {content_type}\r\n\r\n").encode()
+    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def request(host: str, port: int, body, path: str = "/api/v1/segment", method: str = "POST") -> tuple[int, bytes, float]:
+    """One request on a fresh connection -> (status, body, seconds). An iterable body goes chunked."""
+    begin = time.perf_counter()
+    conn = http.client.HTTPConnection(host, port, timeout=120)
+    conn.request(method, path, body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+                 encode_chunked=not isinstance(body, (bytes, type(None))))
+    response = conn.getresponse()
+    content = response.read()
+    conn.close()
+    return response.status, content, time.perf_counter() - begin
 
 
 def post(host: str, port: int, body: bytes) -> tuple[int, float]:
-    """One POST /api/v1/segment on a fresh connection -> (status, seconds)."""
-    begin = time.perf_counter()
-    conn = http.client.HTTPConnection(host, port, timeout=120)
-    conn.request("POST", "/api/v1/segment", body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
-    response = conn.getresponse()
-    response.read()
-    conn.close()
-    return response.status, time.perf_counter() - begin
+    status, _, seconds = request(host, port, body)
+    return status, seconds
+
+
+def bad_inputs(host: str, port: int, png: bytes) -> list[tuple[str, int, str]]:
+    """What the server answers to each bad input the issue names -> (input, status, message)."""
+    jpg = cv2.imencode(".jpg", cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR))[1].tobytes()
+    cases = [
+        ("zero-byte image", multipart(b""), "/api/v1/segment"),
+        ("not an image (PDF bytes)", multipart(b"%PDF-1.4 " * 50), "/api/v1/segment"),
+        ("truncated PNG", multipart(png[: len(png) // 2]), "/api/v1/segment"),
+        ("truncated JPEG", multipart(jpg[: len(jpg) // 2], "image/jpeg"), "/api/v1/segment"),
+        ("wrong content type (text/plain)", multipart(png, "text/plain"), "/api/v1/segment"),
+        ("image over the upload limit (21 MB)", multipart(png + b"\0" * (21 << 20)), "/api/v1/segment"),
+        ("upload without Content-Length (chunked)", iter([multipart(png)]), "/api/v1/segment"),
+        ("no file field", multipart(png, field="image"), "/api/v1/segment"),
+        ("threshold=2", multipart(png), "/api/v1/segment?threshold=2"),
+        ("format=gif", multipart(png), "/api/v1/segment?format=gif"),
+        ("zero-byte video", multipart(b"", "video/mp4"), "/api/v1/videos"),
+        ("not a video (text as video/mp4)", multipart(b"no video here " * 100, "video/mp4"), "/api/v1/videos"),
+        ("an image as a video", multipart(png, "image/png"), "/api/v1/videos"),
+    ]
+    rows = []
+    for name, body, path in cases:
+        status, content, _ = request(host, port, body, path)
+        rows.append((name, status, json.loads(content)["error"]))
+    for name, path in [("unknown video job", "/api/v1/videos/0000000000000000"), ("unknown path", "/api/v2/x")]:
+        status, content, _ = request(host, port, None, path, "GET")
+        rows.append((name, status, json.loads(content)["error"]))
+    status, _, _ = request(host, port, multipart(png))
+    rows.append(("a good frame after all of these", status, "(served)"))
+    return rows
 
 
 def load(host: str, port: int, body: bytes, clients: int, requests: int) -> dict:
@@ -120,6 +156,7 @@ def main() -> None:
         single = sorted(post(host, port, body)[1] for _ in range(20))
         levels = [load(host, port, body, clients, a.requests) for clients in (1, 8, 32)]
         stream = live(url, jpegs, a.seconds, a.camera_fps)
+        bad = bad_inputs(host, port, png)
 
     print(f"polypseg serve, {a.backend}, {cpu_cores()} cores, {a.workers} inference workers, "
           f"frames {size[0]}x{size[1]}, loopback")
@@ -134,6 +171,9 @@ def main() -> None:
     print(f"| live round-trip latency, median / p90 | {stream['latency_median_ms']:.0f} / "
           f"{stream['latency_p90_ms']:.0f} ms (server {stream['server_median_ms']:.0f} ms) |")
     print(f"| live frames dropped (never queued) | {stream['dropped']} of {stream['camera_frames']} camera frames |")
+    print("\n| bad input | status | message |\n|---|---|---|")
+    for name, status, message in bad:
+        print(f"| {name} | {status} | {message} |")
 
 
 if __name__ == "__main__":

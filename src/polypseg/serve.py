@@ -383,6 +383,11 @@ class JobManager:
     def close(self) -> None:
         for job in list(self.jobs.values()):
             job.cancelled.set()
+        while True:  # make room for the end marker: waiting jobs are cancelled anyway
+            try:
+                self.waiting.get_nowait()
+            except queue.Empty:
+                break
         self.waiting.put(None)
         self.thread.join(timeout=30)
 

@@ -230,6 +230,7 @@ $("video-file").addEventListener("change", async (e) => {
   const file = e.target.files[0];
   if (!file) return;
   const status = $("video-status");
+  status.className = "";
   $("video-progress").value = 0;
   $("video-csv").classList.add("hidden");
   try {
