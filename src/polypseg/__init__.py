@@ -7,6 +7,7 @@ The Python API is a few calls::
     run = polypseg.train(cfg, "runs/first")            # a run folder
     model, cfg = polypseg.load_model(run)               # an smp nn.Module and its Config
     predictor = polypseg.Predictor(run)                 # RGB frame of any size -> probability map
+    polypseg.describe(predictor.predict_prob(frame), predictor.threshold)  # area, regions, confidence, polygons
     summary = polypseg.evaluate(run)                    # metrics + report of the split's test side
 """
 
@@ -26,9 +27,11 @@ _API = {
     "load_model": "model",
     "build_model": "model",
     "Predictor": "predict",
+    "describe": "predict",
     "evaluate": "evaluate",
     "index_dataset": "data",
     "make_split": "splits",
+    "create_app": "serve",
 }
 __all__ = sorted(_API)
 

@@ -201,6 +201,18 @@ def _video(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from .serve import ServeSettings, serve
+
+    settings = ServeSettings(
+        run=args.run, backend=args.backend, device=args.device, threads=args.threads, token=args.token,
+        max_upload_mb=args.max_upload_mb, max_video_mb=args.max_video_mb, workers=args.workers,
+        max_pending=args.max_pending, max_jobs=args.max_jobs,
+    )
+    serve(settings, host=args.host, port=args.port, insecure=args.insecure)
+    return 0
+
+
 def _export(args) -> int:
     from .export import export_onnx
 
@@ -313,6 +325,22 @@ def build_parser() -> argparse.ArgumentParser:
     vd.add_argument("--max-frames", type=int, help="stop after this many frames")
     vd.add_argument("--no-progress", action="store_true", help="no progress bar")
     vd.set_defaults(func=_video)
+
+    sv = sub.add_parser("serve", help="web app and HTTP API: images, video and the live camera in a browser")
+    sv.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"])
+    sv.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (onnxruntime: needs onnxruntime-gpu)")
+    sv.add_argument("--threads", type=int, help="CPU threads per inference (default: all cores)")
+    sv.add_argument("--token", help="bearer token required on every request (default: $POLYPSEG_TOKEN)")
+    sv.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
+    sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image upload (default 20)")
+    sv.add_argument("--max-video-mb", type=float, default=500.0, help="largest video upload (default 500)")
+    sv.add_argument("--workers", type=int, default=2, help="inference threads for images and live frames")
+    sv.add_argument("--max-pending", type=int, default=64, help="frames in flight or waiting; beyond: 503")
+    sv.add_argument("--max-jobs", type=int, default=4, help="video jobs waiting; beyond: 503")
+    sv.set_defaults(func=_serve)
 
     x = sub.add_parser("export", help="export a run to ONNX (dynamic height and width)")
     x.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")

@@ -235,3 +235,39 @@ def _csv_text(rows: Iterable[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------
+# one frame described: what the web app, the HTTP API and the Python API report for a frame
+
+
+def mask_polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[list[list[int]]]:
+    """The outer contour of every region of ``mask`` as a polygon ``[[x, y], ...]`` in pixels, simplified
+    by ``tolerance`` pixels (Douglas-Peucker), largest region first. Holes are not traced: a polyp's mask
+    has none worth drawing, and outer contours are what an overlay draws."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours = sorted(contours, key=cv2.contourArea, reverse=True)
+    return [cv2.approxPolyDP(c, tolerance, True)[:, 0, :].tolist() for c in contours]
+
+
+def describe(prob: np.ndarray, threshold: float, polygons: bool = True) -> dict[str, Any]:
+    """A probability map at ``threshold`` -> what is seen: ``polyp_present``, ``area_fraction`` (of the
+    frame), ``regions`` (connected regions, 8-connectivity), ``confidence`` (mean probability inside the
+    mask; ``None`` without a mask), ``max_probability`` and, with ``polygons``, each region's outline."""
+    check_threshold(threshold)
+    mask = prob >= threshold
+    area = int(mask.sum())
+    regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1 if area else 0
+    out: dict[str, Any] = {
+        "height": int(prob.shape[0]),
+        "width": int(prob.shape[1]),
+        "threshold": float(threshold),
+        "polyp_present": area > 0,
+        "area_fraction": round(area / mask.size, 6),
+        "regions": int(regions),
+        "confidence": round(float(prob[mask].mean()), 4) if area else None,
+        "max_probability": round(float(prob.max()), 4),
+    }
+    if polygons:
+        out["polygons"] = mask_polygons(mask)
+    return out

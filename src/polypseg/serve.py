@@ -1,0 +1,810 @@
+"""`polypseg serve`: the web app and the HTTP API, one process, the model loaded once.
+
+Sits on top of the package: it imports predict and video, nothing imports it. ``create_app`` builds the
+FastAPI app (routers for the model, frames, video jobs, the live WebSocket and the page); ``serve`` runs
+it on uvicorn. The page in ``static/`` calls the same endpoints as any client, and every frame, whether
+uploaded, streamed live or part of a video, is described by ``polypseg.predict.describe``.
+
+Safe by default: loopback only unless told otherwise, an optional bearer token on every request, upload
+size limits, one JSON error shape, bounded concurrency (503 beyond), uploads in temporary folders removed
+when the request or job ends, and no access log (paths and file names never reach a log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import hmac
+import io
+import ipaddress
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs
+
+import cv2
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.websockets import WebSocketDisconnect
+
+from . import __version__
+from .errors import PolypsegError
+from .predict import DEFAULT_MODEL, PRETRAINED_DIR, Predictor, describe
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+TOKEN_ENV = "POLYPSEG_TOKEN"
+TOKEN_COOKIE = "polypseg_token"
+MAX_PIXELS = 40_000_000  # a decoded frame larger than this is refused before it takes the memory
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".y4m"}
+RESEARCH_NOTE = "For research only: not a medical device, not for diagnosis."
+
+
+@dataclass
+class ServeSettings:
+    """Everything `polypseg serve` can be told; the defaults are the safe ones."""
+
+    run: str | None = None  # run folder or checkpoint; None: the shipped real-time model
+    backend: str = "onnxruntime"
+    device: str = "cpu"
+    threads: int | None = None
+    token: str | None = None  # bearer token required on every request when set
+    max_upload_mb: float = 20.0  # one image (also one live frame)
+    max_video_mb: float = 500.0
+    workers: int = 2  # inference threads shared by images and live frames
+    max_pending: int = 64  # images/live frames in flight or waiting; beyond: 503 (live: frame dropped)
+    max_jobs: int = 4  # video jobs waiting behind the running one; beyond: 503
+    keep_jobs: int = 16  # finished video jobs whose results are kept; older ones are removed
+
+
+# ---------------------------------------------------------------------------------------------------
+# errors: one JSON shape, {"error": "one line"}
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": _one_line(message)}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, exc.detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query"))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request")
+
+    @app.exception_handler(PolypsegError)
+    async def polypseg_error(request: Request, exc: PolypsegError):
+        return _error(400, str(exc))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the guard: bearer token and upload size, for every HTTP request and WebSocket, static files included
+
+
+class Guard:
+    """ASGI middleware. A token comes as ``Authorization: Bearer``, as the ``polypseg_token`` cookie, or as
+    ``?token=`` (how a browser opens the page; the answer then sets the cookie, so the page's assets,
+    fetches, video and WebSocket carry it without the page handling it). Uploads must say their size
+    (Content-Length) and stay under the limit; uvicorn holds a body to its declared length."""
+
+    def __init__(self, app, token: str | None, max_bytes: int, max_video_bytes: int):
+        self.app, self.token = app, token
+        self.max_bytes, self.max_video_bytes = max_bytes, max_video_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        from_query = False
+        if self.token is not None:
+            given, from_query = _given_token(scope, headers)
+            if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
+                if scope["type"] == "websocket":
+                    return await send({"type": "websocket.close", "code": 1008})
+                return await _error(401, "a valid bearer token is required (Authorization: Bearer TOKEN)",
+                                    {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT"):
+            refused = self._check_size(scope["path"], headers)
+            if refused is not None:
+                return await refused(scope, receive, send)
+        if from_query and scope["type"] == "http":
+            send = self._with_cookie(send)
+        await self.app(scope, receive, send)
+
+    def _check_size(self, path: str, headers: dict[str, str]) -> JSONResponse | None:
+        limit = self.max_video_bytes if path.rstrip("/").endswith("/videos") else self.max_bytes
+        length = headers.get("content-length")
+        if length is None or not length.isdigit():
+            return _error(411, "uploads must give their size (Content-Length)")
+        if int(length) > limit:
+            return _error(413, f"the upload is {int(length) / 2**20:.1f} MB, over the {limit / 2**20:g} MB limit")
+        return None
+
+    def _with_cookie(self, send):
+        cookie = SimpleCookie()
+        cookie[TOKEN_COOKIE] = self.token
+        cookie[TOKEN_COOKIE].update({"httponly": True, "samesite": "Strict", "path": "/"})
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                header = cookie.output(header="").strip().encode("latin-1")
+                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", header)]}
+            await send(message)
+
+        return sending
+
+
+def _given_token(scope, headers: dict[str, str]) -> tuple[str | None, bool]:
+    """(the token the request carries, whether it came in the query string)."""
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip(), False
+    cookie = SimpleCookie(headers.get("cookie", ""))
+    if TOKEN_COOKIE in cookie:
+        return cookie[TOKEN_COOKIE].value, False
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+    return (query[0], True) if query else (None, False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# inference: a few threads, a bounded number of frames waiting for them
+
+
+class Busy(Exception):
+    """More frames are waiting than the server takes."""
+
+
+class InferencePool:
+    """Runs frames on ``workers`` threads so that the event loop stays free; admits at most
+    ``max_pending`` at a time and refuses the rest at once (Busy), so memory stays bounded under load."""
+
+    def __init__(self, predictor, workers: int, max_pending: int):
+        self.predictor = predictor
+        self.executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="polypseg-infer")
+        self.max_pending = max(1, max_pending)
+        self.pending = 0  # touched only from the event loop's thread
+
+    async def run(self, fn, *args):
+        if self.pending >= self.max_pending:
+            raise Busy
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self.pending -= 1
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Uploaded bytes -> RGB uint8 H x W x 3; PolypsegError for an empty, unreadable, truncated or huge
+    file. Pillow, not OpenCV: OpenCV returns half a picture from a truncated JPEG without a word."""
+    if not data:
+        raise PolypsegError("the uploaded file is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise PolypsegError(f"the image is {im.width}x{im.height}, over {MAX_PIXELS // 10**6} megapixels")
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise PolypsegError("the file is not an image (PNG, JPEG, TIFF, BMP or WebP)") from None
+    except (OSError, SyntaxError, ValueError) as err:  # Pillow's words for truncated and corrupt files
+        raise PolypsegError(f"the image cannot be decoded: {_one_line(err)}") from None
+
+
+def segment_frame(predictor, image: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, dict]:
+    """One RGB frame -> (probability map, ``describe`` of it, with the network's time in ms). The path
+    every frame takes: the segment endpoint, the live stream and the Python API."""
+    begin = time.perf_counter()
+    prob = predictor.predict_prob(image)
+    infer_ms = 1000 * (time.perf_counter() - begin)
+    info = describe(prob, predictor.threshold if threshold is None else threshold)
+    info["infer_ms"] = round(infer_ms, 1)
+    return prob, info
+
+
+def png_bytes(gray: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", gray)
+    if not ok:
+        raise PolypsegError("OpenCV could not encode a PNG")
+    return buf.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------------
+# video jobs: one worker thread, a bounded queue, results in a temporary folder
+
+
+@dataclass
+class Job:
+    id: str
+    folder: Path
+    input: Path
+    frames_total: int | None
+    status: str = "queued"  # queued | running | done | failed | cancelled
+    frames_done: int = 0
+    error: str | None = None
+    result: dict | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def public(self, prefix: str) -> dict:
+        out = {"id": self.id, "status": self.status, "frames_done": self.frames_done,
+               "frames_total": self.frames_total, "error": self.error, "result": self.result}
+        out["progress"] = (round(min(1.0, self.frames_done / self.frames_total), 3)
+                           if self.frames_total else (1.0 if self.status == "done" else None))
+        if self.status == "done":
+            out["video_url"] = f"{prefix}/{self.id}/video"
+            out["csv_url"] = f"{prefix}/{self.id}/csv"
+        return out
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class _CountingPredictor:
+    """The predictor handed to run_video: counts frames for the progress bar and stops a cancelled job
+    (run_video calls ``infer`` once per frame and cleans up after an exception)."""
+
+    def __init__(self, predictor, job: Job):
+        self._predictor, self._job = predictor, job
+
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+    def infer(self, x):
+        if self._job.cancelled.is_set():
+            raise JobCancelled
+        out = self._predictor.infer(x)
+        self._job.frames_done += 1
+        return out
+
+
+def segment_video(predictor, source: Path, out_mp4: Path, out_csv: Path) -> dict:
+    """The one place serve calls polypseg.video: the overlay video (H.264, which browsers play; run_video
+    writes MJPG/mp4v, which they do not) and the per-frame CSV; returns the figures and the timeline."""
+    from .video import run_video
+
+    mjpg = out_mp4.with_name("overlay.avi")
+    stats = run_video(source, predictor, out_path=mjpg, csv_path=out_csv, show_progress=False)
+    try:
+        to_h264(mjpg, out_mp4, _video_fps(mjpg))
+    finally:
+        mjpg.unlink(missing_ok=True)
+    with open(out_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    present = [int(r["polyp_present"]) for r in rows]
+    return {
+        "frames": stats.frames, "skipped": stats.skipped, "seconds": round(stats.seconds, 2),
+        "fps": round(stats.fps, 1), "polyp_frames": sum(present),
+        "timeline": present, "area": [float(r["area_fraction"]) for r in rows],
+    }
+
+
+def _video_fps(path: Path) -> float:
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return fps if 1 <= fps <= 240 else 25.0
+
+
+def to_h264(src: Path, dst: Path, fps: float) -> Path:
+    """Re-encode a video as H.264 (yuv420p, even size) in MP4 with PyAV's libx264: plays in every browser."""
+    import av
+
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
+        stream = None
+        for frame in inp.decode(video=0):
+            if stream is None:
+                stream = out.add_stream("libx264", rate=rate)
+                stream.width, stream.height = frame.width - frame.width % 2, frame.height - frame.height % 2
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": "23", "preset": "veryfast"}
+            frame = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
+            frame.pts = None  # the encoder numbers frames at ``rate``
+            out.mux(stream.encode(frame))
+        if stream is None:
+            raise PolypsegError("the video holds no frames")
+        out.mux(stream.encode(None))
+    return dst
+
+
+class JobManager:
+    """Video jobs, run one at a time by one thread, at most ``max_waiting`` waiting. A job's upload is
+    deleted when the job ends; its results stay until deleted or until ``keep`` newer jobs have ended."""
+
+    def __init__(self, predictor, root: Path, max_waiting: int, keep: int):
+        self.predictor, self.root, self.keep = predictor, root, keep
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self.lock = threading.Lock()
+        self.waiting: queue.Queue = queue.Queue(maxsize=max(1, max_waiting))
+        self.thread = threading.Thread(target=self._work, name="polypseg-video", daemon=True)
+        self.thread.start()
+
+    def new_folder(self) -> tuple[str, Path]:
+        job_id = uuid.uuid4().hex[:16]
+        folder = self.root / job_id
+        folder.mkdir(mode=0o700)
+        return job_id, folder
+
+    def submit(self, job: Job) -> None:
+        with self.lock:
+            try:
+                self.waiting.put_nowait(job)
+            except queue.Full:
+                raise Busy from None
+            self.jobs[job.id] = job
+
+    def get(self, job_id: str) -> Job | None:
+        with self.lock:
+            return self.jobs.get(job_id)
+
+    def delete(self, job_id: str) -> bool:
+        with self.lock:
+            job = self.jobs.pop(job_id, None)
+        if job is None:
+            return False
+        job.cancelled.set()
+        if job.status not in ("queued", "running"):  # a running job's folder goes when it stops
+            shutil.rmtree(job.folder, ignore_errors=True)
+        return True
+
+    def close(self) -> None:
+        for job in list(self.jobs.values()):
+            job.cancelled.set()
+        while True:  # make room for the end marker: waiting jobs are cancelled anyway
+            try:
+                self.waiting.get_nowait()
+            except queue.Empty:
+                break
+        self.waiting.put(None)
+        self.thread.join(timeout=30)
+
+    def _work(self) -> None:
+        while (job := self.waiting.get()) is not None:
+            if job.cancelled.is_set():
+                job.status = "cancelled"
+                shutil.rmtree(job.folder, ignore_errors=True)
+                continue
+            job.status = "running"
+            try:
+                job.result = segment_video(_CountingPredictor(self.predictor, job), job.input,
+                                           job.folder / "overlay.mp4", job.folder / "frames.csv")
+                job.status = "done"
+            except JobCancelled:
+                job.status = "cancelled"
+            except PolypsegError as err:
+                job.status, job.error = "failed", _one_line(err)
+            except Exception as err:  # a job must never take the worker down; the message says what broke
+                job.status, job.error = "failed", f"{type(err).__name__}: {_one_line(err)}"
+            finally:
+                job.input.unlink(missing_ok=True)
+            if job.status != "done" or job.id not in self.jobs:
+                shutil.rmtree(job.folder, ignore_errors=True)
+            self._evict()
+
+    def _evict(self) -> None:
+        with self.lock:
+            ended = [j for j in self.jobs.values() if j.status not in ("queued", "running")]
+            for job in ended[: max(0, len(ended) - self.keep)]:
+                self.jobs.pop(job.id, None)
+                shutil.rmtree(job.folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the model and what the page says about it
+
+
+def load_predictor(settings: ServeSettings) -> Predictor:
+    return Predictor(settings.run, device=settings.device, backend=settings.backend, threads=settings.threads)
+
+
+def _card_row(name: str) -> str | None:
+    """A row of the shipped model card's table (``| name | value |``)."""
+    card = PRETRAINED_DIR / "MODEL_CARD.md"
+    if not card.is_file():
+        return None
+    for line in card.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0] == name:
+            return cells[1].replace("`", "")
+    return None
+
+
+def model_info(predictor) -> dict[str, Any]:
+    """What the page and ``GET /api/v1/model`` say about the model: name, architecture, input, threshold,
+    training data (from the model card for the shipped model, else from the checkpoint's config)."""
+    cfg = predictor.config
+    checkpoint = getattr(predictor, "checkpoint", None)
+    shipped = checkpoint is not None and Path(checkpoint).resolve() == DEFAULT_MODEL.resolve()
+    metrics, epoch = {}, None
+    if checkpoint is not None and Path(checkpoint).with_suffix(".json").is_file():
+        from .model import read_checkpoint_meta
+
+        meta = read_checkpoint_meta(checkpoint)
+        metrics, epoch = meta.get("metrics", {}), meta.get("epoch")
+    data = _card_row("training data") if shipped else None
+    return {
+        "name": "polypseg real-time model (shipped)" if shipped else (Path(checkpoint).parent.name if checkpoint else "ONNX model"),
+        "architecture": f"{cfg.arch} / {cfg.encoder}",
+        "input": [cfg.height, cfg.width],
+        "threshold": predictor.threshold,
+        "training_data": data or f"{cfg.data} ({cfg.split_strategy} split, seed {cfg.seed})",
+        "validation_dice": round(metrics["val_dice"], 3) if "val_dice" in metrics else None,
+        "epoch": epoch,
+        "backend": getattr(predictor, "backend", None),
+        "device": str(getattr(predictor, "device", "")),
+        "version": __version__,
+        "intended_use": RESEARCH_NOTE,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# routers
+
+
+class State:
+    """What the handlers share, made once in the lifespan."""
+
+    def __init__(self, predictor, settings: ServeSettings, workdir: Path):
+        self.predictor, self.settings = predictor, settings
+        self.info = model_info(predictor)
+        self.pool = InferencePool(predictor, settings.workers, settings.max_pending)
+        self.jobs = JobManager(predictor, workdir, settings.max_jobs, settings.keep_jobs)
+
+
+def get_state(request: Request) -> State:
+    return request.app.state.polypseg
+
+
+class Segmentation(BaseModel):
+    height: int
+    width: int
+    threshold: float
+    polyp_present: bool
+    area_fraction: float
+    regions: int
+    confidence: float | None
+    max_probability: float
+    polygons: list[list[list[int]]]
+    infer_ms: float
+    probability_png: str | None = None
+
+
+def _check_type(upload: UploadFile, kind: str) -> None:
+    declared = (upload.content_type or "").split(";")[0].strip().lower()
+    if not declared.startswith(kind + "/") and declared != "application/octet-stream":
+        raise HTTPException(415, f"expected {kind}/* content, got '{declared or 'none'}'")
+
+
+async def _run_frame(state: State, fn, *args):
+    try:
+        return await state.pool.run(fn, *args)
+    except Busy:
+        raise HTTPException(503, "the server is busy; retry in a moment") from None
+
+
+meta = APIRouter(tags=["model"])
+
+
+@meta.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@meta.get("/api/v1/model")
+def get_model(state: State = Depends(get_state)) -> dict:
+    return state.info
+
+
+frames = APIRouter(prefix="/api/v1", tags=["frames"])
+
+
+@frames.post("/segment", response_model=Segmentation, responses={200: {"content": {"image/png": {}}}})
+async def segment(
+    file: UploadFile = File(..., description="one frame: PNG, JPEG, TIFF, BMP or WebP"),
+    format: Literal["json", "png"] = Query("json", description="json: figures and polygons; png: the 0/255 mask"),
+    threshold: float | None = Query(None, ge=0, le=1, description="default: the model's"),
+    probability: bool = Query(False, description="json: add the probability map as an 8-bit PNG (base64)"),
+    state: State = Depends(get_state),
+):
+    """Segment one frame: polyp area, regions, confidence and outlines, or the mask as a PNG."""
+    _check_type(file, "image")
+    data = await file.read()
+
+    def work():
+        prob, info = segment_frame(state.predictor, decode_image(data), threshold)
+        if format == "png":
+            return png_bytes((prob >= info["threshold"]).astype(np.uint8) * 255), info
+        if probability:
+            info["probability_png"] = base64.b64encode(png_bytes(np.round(prob * 255).astype(np.uint8))).decode()
+        return None, info
+
+    mask_png, info = await _run_frame(state, work)
+    if mask_png is not None:
+        return Response(mask_png, media_type="image/png", headers={
+            "X-Polyp-Area-Fraction": str(info["area_fraction"]), "X-Polyp-Regions": str(info["regions"]),
+            "X-Polyp-Confidence": str(info["confidence"] or ""), "X-Threshold": str(info["threshold"])})
+    return info
+
+
+videos = APIRouter(prefix="/api/v1/videos", tags=["videos"])
+
+
+@videos.post("", status_code=202)
+async def create_video_job(
+    file: UploadFile = File(..., description="a colonoscopy video (mp4, avi, mov, mkv, webm, ...)"),
+    state: State = Depends(get_state),
+) -> dict:
+    """Start a video job: the overlay video (H.264) and a per-frame CSV. Poll ``GET /api/v1/videos/{id}``."""
+    _check_type(file, "video")
+    suffix = Path(file.filename or "").suffix.lower()
+    job_id, folder = state.jobs.new_folder()
+    # the upload keeps only a known suffix (FFmpeg may use it), never the file's name
+    target = folder / ("input" + (suffix if suffix in VIDEO_SUFFIXES else ".bin"))
+    try:
+        await run_in_threadpool(_save_upload, file, target)
+        job = Job(job_id, folder, target, await run_in_threadpool(_probe_video, target))
+        state.jobs.submit(job)
+    except Busy:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise HTTPException(503, "too many video jobs are waiting; retry later") from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return job.public(videos.prefix)
+
+
+def _save_upload(upload: UploadFile, target: Path) -> None:
+    upload.file.seek(0)
+    with open(target, "wb") as f:
+        shutil.copyfileobj(upload.file, f, 1 << 20)
+    if target.stat().st_size == 0:
+        raise PolypsegError("the uploaded file is empty (0 bytes)")
+
+
+def _probe_video(path: Path) -> int | None:
+    """Frames in the video (None when it does not say); PolypsegError when it is no video at all."""
+    from .video import open_source
+
+    try:
+        source = open_source(path)
+    except PolypsegError:
+        raise PolypsegError("the file is not a video FFmpeg can read") from None
+    try:
+        first = next(iter(source.frames()), None)
+        total = source.total
+    finally:
+        source.close()
+    if first is None:
+        raise PolypsegError("the video holds no frame that can be decoded")
+    return total
+
+
+def _job(job_id: str, state: State) -> Job:
+    job = state.jobs.get(job_id)
+    if job is None:
+        raise HTTPException(404, "no such video job (finished jobs are kept for a while, then removed)")
+    return job
+
+
+@videos.get("/{job_id}")
+def get_video_job(job_id: str, state: State = Depends(get_state)) -> dict:
+    """Status and progress; when done, the figures, the per-frame timeline and the download links."""
+    return _job(job_id, state).public(videos.prefix)
+
+
+def _result_file(job_id: str, state: State, name: str) -> Path:
+    job = _job(job_id, state)
+    if job.status != "done":
+        raise HTTPException(409, f"the job is {job.status}, not done")
+    return job.folder / name
+
+
+@videos.get("/{job_id}/video", response_class=FileResponse)
+def get_video_result(job_id: str, state: State = Depends(get_state)):
+    """The overlay video, H.264 in MP4."""
+    return FileResponse(_result_file(job_id, state, "overlay.mp4"), media_type="video/mp4",
+                        filename="overlay.mp4", content_disposition_type="inline")
+
+
+@videos.get("/{job_id}/csv", response_class=FileResponse)
+def get_video_csv(job_id: str, state: State = Depends(get_state)):
+    """One row per frame: frame, polyp_present, area_fraction, mean_confidence, latency_ms."""
+    return FileResponse(_result_file(job_id, state, "frames.csv"), media_type="text/csv", filename="frames.csv")
+
+
+@videos.delete("/{job_id}", status_code=204)
+def delete_video_job(job_id: str, state: State = Depends(get_state)) -> Response:
+    """Cancel a job and delete its files."""
+    if not state.jobs.delete(job_id):
+        raise HTTPException(404, "no such video job")
+    return Response(status_code=204)
+
+
+live = APIRouter(tags=["live"])
+
+
+@live.websocket("/api/v1/live")
+async def live_stream(ws: WebSocket):
+    """Camera frames in (binary JPEG/PNG messages, or text ``{"threshold": x}``), one JSON answer per
+    frame out: ``describe`` of the frame plus ``server_ms``, or ``{"busy": true}`` (the frame was
+    dropped), or ``{"error": ...}``. Clients send a frame only after the previous answer: slow frames
+    are then dropped at the camera, never queued."""
+    state: State = ws.app.state.polypseg
+    await ws.accept()
+    threshold = None
+    limit = int(state.settings.max_upload_mb * 2**20)
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                threshold = _live_threshold(message["text"], threshold)
+                continue
+            data = message.get("bytes") or b""
+            begin = time.perf_counter()
+            if len(data) > limit:
+                await ws.send_json({"error": "frame over the upload limit"})
+                continue
+            try:
+                _, info = await state.pool.run(lambda: segment_frame(state.predictor, decode_image(data), threshold))
+            except Busy:
+                await ws.send_json({"busy": True})
+                continue
+            except PolypsegError as err:
+                await ws.send_json({"error": _one_line(err)})
+                continue
+            info["server_ms"] = round(1000 * (time.perf_counter() - begin), 1)
+            await ws.send_json(info)
+    except WebSocketDisconnect:
+        return
+
+
+def _live_threshold(text: str, current: float | None) -> float | None:
+    import json
+
+    try:
+        value = json.loads(text).get("threshold")
+        return current if value is None or not 0 <= float(value) <= 1 else float(value)
+    except (ValueError, AttributeError, TypeError):
+        return current
+
+
+page = APIRouter(include_in_schema=False)
+
+
+@page.get("/")
+def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+# ---------------------------------------------------------------------------------------------------
+# the app
+
+
+def create_app(predictor_or_settings: Predictor | ServeSettings | None = None,
+               settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI app. Give a loaded predictor (tests, the Python API) or settings to load one when the
+    app starts; ``settings`` carries the limits and the token (default: ServeSettings())."""
+    if isinstance(predictor_or_settings, ServeSettings):
+        settings, predictor = predictor_or_settings, None
+    else:
+        predictor = predictor_or_settings
+        settings = settings or ServeSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        model = predictor if predictor is not None else await run_in_threadpool(load_predictor, settings)
+        workdir = Path(tempfile.mkdtemp(prefix="polypseg-serve-"))
+        state = State(model, settings, workdir)
+        app.state.polypseg = state
+        try:
+            yield
+        finally:
+            state.jobs.close()
+            state.pool.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    app = FastAPI(title="polypseg", version=__version__, lifespan=lifespan,
+                  description=f"Polyp segmentation for colonoscopy frames and video. {RESEARCH_NOTE}")
+    _install_error_handlers(app)
+    for router in (meta, frames, videos, live, page):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(Guard, token=settings.token, max_bytes=int(settings.max_upload_mb * 2**20),
+                       max_video_bytes=int(settings.max_video_mb * 2**20))
+    return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def uvicorn_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000):
+    """uvicorn's settings for polypseg: no access log, since request paths and upload names must never
+    reach a log; uvicorn's own start and error lines stay."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, access_log=False, log_level="info")
+
+
+def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, insecure: bool = False) -> None:
+    """Load the model, print the address to open, serve until Ctrl-C."""
+    import uvicorn
+
+    settings.token = settings.token or os.environ.get(TOKEN_ENV) or None
+    if not _is_loopback(host) and settings.token is None and not insecure:
+        raise PolypsegError(
+            f"--host {host} exposes the server to the network: give a token (--token or {TOKEN_ENV}) so that "
+            "every request must carry it, or pass --insecure on a network you trust."
+        )
+    print(f"polypseg: loading the model ({settings.backend} on {settings.device})...", flush=True)
+    app = create_app(load_predictor(settings), settings)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{shown}:{port}/" + (f"?token={settings.token}" if settings.token else "")
+    print(f"polypseg: open {url}  (API docs: http://{shown}:{port}/docs; Ctrl-C stops)\n"
+          f"polypseg: {RESEARCH_NOTE}", flush=True)
+    uvicorn.Server(uvicorn_config(app, host, port)).run()
+
+
+@contextmanager
+def background_server(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run ``app`` on uvicorn in a thread on a free port of ``host``; yields its base URL. For the
+    browser tests, the benchmark and the screenshots: the real server, in-process."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn_config(app))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="polypseg-uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise PolypsegError("the server did not start")
+            time.sleep(0.05)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

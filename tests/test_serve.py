@@ -1,0 +1,364 @@
+"""The HTTP API of `polypseg serve` through FastAPI's TestClient: real CVC-ClinicDB frames, the shipped
+model (torch backend: it loads in about a second), every bad input the issue names, the token, the
+limits under load, video jobs and the live WebSocket."""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from polypseg.data import read_image, read_mask
+from polypseg.errors import PolypsegError
+from polypseg.predict import Predictor, describe
+from polypseg.serve import ServeSettings, background_server, create_app, decode_image
+
+FRAME = "322.png"  # sequence 16, on the test side of the shipped model's split
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor(backend="torch", threads=2)
+
+
+@pytest.fixture(scope="module")
+def client(predictor):
+    with TestClient(create_app(predictor, ServeSettings(backend="torch", max_upload_mb=1))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def png(data_dir) -> bytes:
+    return (data_dir / "images" / FRAME).read_bytes()
+
+
+def _image(client, data, content_type="image/png", query="", name="frame.png"):
+    return client.post(f"/api/v1/segment{query}", files={"file": (name, data, content_type)})
+
+
+def _is_error(response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"] and "\n" not in body["error"] and body["error"]
+    return body["error"]
+
+
+# --- describe: the figures every path reports -------------------------------------------------------
+
+def test_describe_counts_regions_area_and_confidence():
+    prob = np.zeros((100, 200), np.float32)
+    prob[10:30, 10:40] = 0.9  # 600 px
+    prob[60:70, 100:140] = 0.6  # 400 px
+    prob[0, 199] = 0.3  # below the threshold
+    d = describe(prob, 0.5)
+    assert d["polyp_present"] and d["regions"] == 2 and len(d["polygons"]) == 2
+    assert d["area_fraction"] == pytest.approx(1000 / 20000)
+    assert d["confidence"] == pytest.approx((600 * 0.9 + 400 * 0.6) / 1000, abs=1e-4)
+    xs = [x for x, _ in d["polygons"][0]]
+    assert (min(xs), max(xs)) == (10, 39)  # largest region first, in pixel coordinates
+    none = describe(prob, 0.95)
+    assert (none["polyp_present"], none["regions"], none["area_fraction"], none["confidence"]) == (False, 0, 0.0, None)
+    assert none["polygons"] == [] and none["max_probability"] == pytest.approx(0.9)
+    with pytest.raises(PolypsegError):
+        describe(prob, 1.5)
+
+
+# --- happy paths ------------------------------------------------------------------------------------
+
+def test_health_and_model_card(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    m = client.get("/api/v1/model").json()
+    assert m["threshold"] == 0.19 and m["input"] == [224, 288]
+    assert "CVC-ClinicDB" in m["training_data"] and "research" in m["intended_use"].lower()
+    assert client.get("/").text.count("For research only") == 1
+    assert "/api/v1/segment" in client.get("/openapi.json").json()["paths"]
+
+
+def test_segment_json_finds_the_polyp(client, png, data_dir):
+    r = _image(client, png)
+    assert r.status_code == 200
+    d = r.json()
+    assert (d["width"], d["height"], d["threshold"]) == (384, 288, 0.19)
+    assert d["polyp_present"] and d["regions"] >= 1 and 0.19 <= d["confidence"] <= 1
+    truth = read_mask(data_dir / "masks" / FRAME)[0] > 0
+    drawn = np.zeros((288, 384), np.uint8)
+    cv2.fillPoly(drawn, [np.array(p, np.int32) for p in d["polygons"]], 1)
+    dice = 2 * (drawn.astype(bool) & truth).sum() / (drawn.sum() + truth.sum())
+    assert dice > 0.8  # the outlines land on the real polyp
+
+
+def test_segment_png_is_the_predictor_mask(client, png, predictor, data_dir):
+    r = _image(client, png, query="?format=png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    mask = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_GRAYSCALE)
+    expected = predictor.predict_mask(read_image(data_dir / "images" / FRAME))
+    assert np.array_equal(mask == 255, expected) and set(np.unique(mask)) == {0, 255}
+    assert float(r.headers["x-polyp-area-fraction"]) == pytest.approx(expected.mean(), abs=1e-6)
+
+
+def test_segment_threshold_and_probability_map(client, png):
+    low = _image(client, png, query="?threshold=0.05&probability=true").json()
+    high = _image(client, png, query="?threshold=0.99").json()
+    assert low["threshold"] == 0.05 and high["area_fraction"] < low["area_fraction"]
+    assert high["probability_png"] is None
+    import base64
+
+    prob = cv2.imdecode(np.frombuffer(base64.b64decode(low["probability_png"]), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert prob.shape == (288, 384) and prob.dtype == np.uint8
+    assert (prob >= round(0.05 * 255)).mean() == pytest.approx(low["area_fraction"], abs=0.01)
+
+
+def test_jpeg_and_grayscale_uploads(client, data_dir):
+    rgb = read_image(data_dir / "images" / FRAME)
+    jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+    gray = cv2.imencode(".png", rgb[:, :, 0])[1].tobytes()
+    assert _image(client, jpg, "image/jpeg").json()["polyp_present"]
+    assert _image(client, gray).status_code == 200
+
+
+# --- bad input: a 4xx with one line of JSON, and the server keeps serving --------------------------
+
+def _truncated_jpeg(png: bytes) -> bytes:
+    jpg = cv2.imencode(".jpg", cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR))[1].tobytes()
+    return jpg[: len(jpg) // 2]
+
+
+@pytest.mark.parametrize("case, status, words", [
+    ("empty", 400, "empty"),
+    ("not an image", 400, "not an image"),
+    ("truncated png", 400, "truncated"),
+    ("truncated jpeg", 400, "truncated"),
+    ("wrong content type", 415, "text/plain"),
+    ("oversized", 413, "limit"),
+])
+def test_bad_uploads(client, png, case, status, words):
+    data, content_type = {
+        "empty": (b"", "image/png"),
+        "not an image": (b"%PDF-1.4 not a frame at all", "image/png"),
+        "truncated png": (png[: len(png) // 2], "image/png"),
+        "truncated jpeg": (_truncated_jpeg(png), "image/jpeg"),
+        "wrong content type": (png, "text/plain"),
+        "oversized": (png + b"\0" * (1 << 20), "image/png"),
+    }[case]
+    assert words in _is_error(_image(client, data, content_type, name="patient-name.png"), status)
+    assert _image(client, png).status_code == 200
+
+
+def test_bad_requests(client, png):
+    _is_error(client.post("/api/v1/segment"), 422)
+    assert "threshold" in _is_error(_image(client, png, query="?threshold=2"), 422)
+    _is_error(_image(client, png, query="?format=gif"), 422)
+    _is_error(client.get("/api/v1/nothing"), 404)
+    _is_error(client.get("/api/v1/segment"), 405)
+    chunked = client.post("/api/v1/segment", content=iter([b"--x\r\n"]), headers={"content-type": "multipart/form-data; boundary=x"})
+    _is_error(chunked, 411)
+    _is_error(client.get("/api/v1/videos/0123456789abcdef"), 404)
+
+
+# --- token ------------------------------------------------------------------------------------------
+
+def test_token_guards_every_request(predictor, png):
+    with TestClient(create_app(predictor, ServeSettings(token="s3cret"))) as c:
+        for path in ("/", "/static/app.js", "/api/v1/model", "/healthz", "/docs"):
+            r = c.get(path)
+            _is_error(r, 401)
+            assert r.headers["www-authenticate"] == "Bearer"
+        _is_error(c.get("/api/v1/model", headers={"Authorization": "Bearer wrong"}), 401)
+        _is_error(_image(c, png), 401)
+        assert c.get("/api/v1/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        with pytest.raises(WebSocketDisconnect) as closed:
+            with c.websocket_connect("/api/v1/live") as ws:
+                ws.receive_json()
+        assert closed.value.code == 1008
+        page = c.get("/?token=s3cret")  # how a browser opens it; the cookie carries the token from there
+        assert page.status_code == 200 and "HttpOnly" in page.headers["set-cookie"]
+        assert c.get("/static/app.js").status_code == 200
+        assert _image(c, png).status_code == 200
+        with c.websocket_connect("/api/v1/live") as ws:
+            ws.send_bytes(png)
+            assert ws.receive_json()["polyp_present"]
+
+
+# --- load: bounded, every request answered ----------------------------------------------------------
+
+class GatedPredictor:
+    """The real predictor behind a gate, so that a test can hold requests in flight."""
+
+    def __init__(self, predictor):
+        self.inner, self.gate, self.entered = predictor, threading.Event(), threading.Semaphore(0)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict_prob(self, image):
+        self.entered.release()
+        self.gate.wait(30)
+        return self.inner.predict_prob(image)
+
+    def infer(self, x):
+        self.entered.release()
+        self.gate.wait(30)
+        return self.inner.infer(x)
+
+
+def test_full_server_answers_503_at_once_and_recovers(predictor, png):
+    gated = GatedPredictor(predictor)
+    with TestClient(create_app(gated, ServeSettings(workers=1, max_pending=2))) as c, ThreadPoolExecutor(8) as pool:
+        held = [pool.submit(_image, c, png) for _ in range(2)]
+        assert gated.entered.acquire(timeout=30)  # one in the worker, one waiting: the server is full
+        deadline = time.monotonic() + 30
+        while c.app.state.polypseg.pool.pending < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = [_image(c, png) for _ in range(3)]
+        for r in refused:
+            assert "busy" in _is_error(r, 503)
+        gated.gate.set()
+        assert [f.result().status_code for f in held] == [200, 200]
+        assert _image(c, png).status_code == 200
+
+
+def test_32_concurrent_requests_all_answered(predictor, png):
+    with TestClient(create_app(predictor, ServeSettings())) as c, ThreadPoolExecutor(32) as pool:
+        codes = list(pool.map(lambda _: _image(c, png, query="?format=png").status_code, range(32)))
+    assert codes == [200] * 32
+
+
+# --- video jobs -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clip(data_dir, tmp_path_factory):
+    from polypseg.video import write_clip
+
+    frames = [read_image(data_dir / "images" / f"{i:03d}.png") for i in range(320, 326)]
+    return write_clip(frames, tmp_path_factory.mktemp("clip") / "clip.mp4").read_bytes()
+
+
+def _wait(c, job_id: str) -> dict:
+    deadline = time.monotonic() + 120
+    while (job := c.get(f"/api/v1/videos/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return job
+
+
+def test_video_job_gives_h264_csv_and_timeline(client, clip):
+    import av
+
+    r = client.post("/api/v1/videos", files={"file": ("patient.mp4", clip, "video/mp4")})
+    assert r.status_code == 202 and r.json()["frames_total"] == 6
+    job = _wait(client, r.json()["id"])
+    assert job["status"] == "done" and job["progress"] == 1.0 and job["frames_done"] == 6
+    assert job["result"]["timeline"] == [1] * 6 and job["result"]["polyp_frames"] == 6
+    state_job = client.app.state.polypseg.jobs.get(job["id"])
+    assert not state_job.input.exists()  # the upload is gone once the job ends
+
+    video = client.get(job["video_url"])
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    with av.open(io.BytesIO(video.content)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert sum(1 for _ in container.decode(stream)) == 6
+    rows = list(csv.DictReader(io.StringIO(client.get(job["csv_url"]).text)))
+    assert [int(row["frame"]) for row in rows] == list(range(6))
+
+    assert client.delete(f"/api/v1/videos/{job['id']}").status_code == 204
+    assert not state_job.folder.exists()
+    _is_error(client.get(job["video_url"]), 404)
+
+
+@pytest.mark.parametrize("data, content_type, status", [
+    (b"", "video/mp4", 400),
+    (b"this is no video, only some text" * 100, "video/mp4", 400),
+    (b"\0" * 100, "image/png", 415),
+])
+def test_bad_video_uploads(client, data, content_type, status):
+    _is_error(client.post("/api/v1/videos", files={"file": ("v.mp4", data, content_type)}), status)
+    assert not any(client.app.state.polypseg.jobs.root.iterdir())  # nothing left behind
+
+
+def test_video_queue_is_bounded_and_jobs_cancel(predictor, clip):
+    gated = GatedPredictor(predictor)
+    with TestClient(create_app(gated, ServeSettings(max_jobs=1))) as c:
+        post = lambda: c.post("/api/v1/videos", files={"file": ("v.mp4", clip, "video/mp4")})  # noqa: E731
+        running = post().json()["id"]
+        assert gated.entered.acquire(timeout=30)  # the worker holds the first job
+        waiting = post().json()["id"]
+        assert "waiting" in _is_error(post(), 503)
+        _is_error(c.get(f"/api/v1/videos/{running}/video"), 409)
+        assert c.delete(f"/api/v1/videos/{waiting}").status_code == 204
+        gated.gate.set()
+        assert _wait(c, running)["status"] == "done"
+        root = c.app.state.polypseg.jobs.root
+    assert not root.exists()  # the server's temporary folder goes with it
+
+
+# --- live -------------------------------------------------------------------------------------------
+
+def test_live_websocket_answers_each_frame(client, data_dir):
+    rgb = read_image(data_dir / "images" / FRAME)
+    jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes()
+    with client.websocket_connect("/api/v1/live") as ws:
+        ws.send_bytes(jpg)
+        first = ws.receive_json()
+        assert first["polyp_present"] and first["polygons"] and first["server_ms"] >= first["infer_ms"] > 0
+        ws.send_bytes(b"garbage")
+        assert "not an image" in ws.receive_json()["error"]
+        ws.send_text('{"threshold": 0.9}')
+        ws.send_bytes(jpg)
+        assert ws.receive_json()["threshold"] == 0.9  # still serving after the bad frame
+
+
+# --- what reaches the logs, and the command line ----------------------------------------------------
+
+def test_real_server_logs_no_paths_or_names(predictor, png, capfd):
+    import urllib.request
+
+    with background_server(create_app(predictor)) as url:
+        boundary = "b0undary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"Jane-Doe-1970.png\"\r\n"
+                f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"{url}/api/v1/segment?format=json", data=body, method="POST",
+                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(request) as r:
+            assert r.status == 200
+    out, err = capfd.readouterr()
+    assert "Jane-Doe" not in out + err and "/api/v1/segment" not in out + err
+
+
+def test_cli_refuses_network_without_token(monkeypatch, capsys):
+    from polypseg.cli import main
+
+    monkeypatch.delenv("POLYPSEG_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--backend", "torch"]) == 2
+    assert "token" in capsys.readouterr().err
+
+
+def test_cli_serve_prints_the_address_to_open(monkeypatch, capsys):
+    import uvicorn
+
+    from polypseg.cli import main
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: served.append((self.config.host, self.config.port)))
+    monkeypatch.setenv("POLYPSEG_TOKEN", "t0ken")
+    assert main(["serve", "--backend", "torch", "--port", "8123"]) == 0
+    assert served == [("127.0.0.1", 8123)]
+    out = capsys.readouterr().out
+    assert "open http://127.0.0.1:8123/?token=t0ken" in out and "not for diagnosis" in out
+
+
+def test_decode_image_refuses_a_pixel_bomb():
+    big = io.BytesIO()
+    from PIL import Image
+
+    Image.new("L", (8000, 6000)).save(big, format="PNG")
+    with pytest.raises(PolypsegError, match="megapixels"):
+        decode_image(big.getvalue())
