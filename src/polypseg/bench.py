@@ -251,11 +251,11 @@ def format_benchmark(result: dict[str, Any]) -> str:
                      f"{r['fps']:.1f} | {r['vs_torch']:.2f}x |")
     if result["video"]:
         lines += ["", "| video pipeline (decode -> infer -> encode) | runtime | threads | spinning | runs | "
-                      "frames | median fps | min-max fps | median latency ms |", "|---|---|---|---|---|---|---|---|---|"]
+                      "frames | median fps | min-max fps | median latency ms |", "|---" * 9 + "|"]
         for v in result["video"]:
             spin = "" if v["spin"] is None else ("on" if v["spin"] else "off")
-            lines.append(f"| {v['model']} | {v['runtime']} | {v['threads']} | {spin} | {v['runs']} | {v['frames']} "
-                         f"| {v['fps_median']:.1f} | {v['fps_min']:.1f}-{v['fps_max']:.1f} | "
+            lines.append(f"| {v['model']} | {v['runtime']} | {v['threads']} | {spin} | {v['runs']} | "
+                         f"{v['frames']} | {v['fps_median']:.1f} | {v['fps_min']:.1f}-{v['fps_max']:.1f} | "
                          f"{v['latency_median_ms']:.1f} |")
     if result["stages"]:
         lines += ["", "| stage, run alone | median ms per frame |", "|---|---|"]

@@ -36,9 +36,14 @@ OPSET = 17
 # Keys of the metadata every ONNX file written by polypseg carries.
 ONNX_CONFIG_KEY = "polypseg.config"
 ONNX_SHA256_KEY = "polypseg.checkpoint_sha256"
-# ONNX Runtime's intra-op threads spin (busy-wait) between ops by default. SPIN_DEFAULT is set from
-# `polypseg benchmark`; see the comment at ort_session.
-SPIN_DEFAULT = True
+# ONNX Runtime's intra-op threads spin (busy-wait) between ops by default; polypseg turns that off.
+# `polypseg benchmark`, shipped model, 200-frame clip, 2 cores busy with a training run (load ~6-8), fps of
+# the whole video pipeline, 4 alternating runs each, median (min-max): 2 threads spinning 7.1 (6.9-7.4),
+# 2 threads not spinning 17.4 (14.3-22.2), 1 thread 12.9 either way. Spinning threads hold both cores
+# while they wait, starving the decoder, the encoder and the other process, and every spinning thread
+# descheduled mid-op stalls the op. A quiet machine loses a little to thread wake-ups (the 2-thread
+# spinning figure of 27.6-42.5 fps in docs was also the most unstable), so off is the robust choice.
+SPIN_DEFAULT = False
 
 
 def cpu_cores() -> int:

@@ -7,10 +7,10 @@ live fps figure) and a CSV with one row per processed frame. A ``.mp4`` is H.264
 which every browser plays; OpenCV's own mp4v (MPEG-4 part 2) plays in neither Chromium nor Firefox.
 
 Both outputs are written under temporary names and renamed at the end; the video writer is closed
-(the muxer flushed) in every case, so an error or Ctrl-C after the first frame still leaves a playable file with the frames
-done so far. A frame that cannot be decoded is counted and skipped. Live sources (cameras, streams)
-drop the oldest waiting frame when the model falls behind, so the overlay never lags further and
-further behind the scope.
+(encoder flushed, MP4 index written) in every case, so an error or Ctrl-C after the first frame still
+leaves a playable file with the frames done so far. A frame that cannot be decoded is counted and
+skipped. Live sources (cameras, streams) drop the oldest waiting frame when the model falls behind, so
+the overlay never lags further and further behind the scope.
 """
 
 from __future__ import annotations
@@ -269,7 +269,9 @@ class _MjpgWriter:
         self.size = size
         self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
         if not self.writer.isOpened():
-            raise PolypsegError(f"OpenCV cannot write a video into {path.parent}. Check that the folder is writable.")
+            raise PolypsegError(
+                f"OpenCV cannot write a video into {path.parent}. Check that the folder is writable."
+            )
 
     def write(self, rgb: np.ndarray) -> None:
         self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
