@@ -109,7 +109,7 @@ def test_images_tab_overlay_slider_and_zip(page, data_dir, tmp_path):
 def test_video_tab_plays_the_overlay(page, clip_frames, tmp_path):
     from polypseg.video import write_clip
 
-    clip = write_clip(clip_frames[:8], tmp_path / "clip.mp4")  # mp4v: the server reads it, browsers could not
+    clip = write_clip(clip_frames[:8], tmp_path / "clip.mp4")  # H.264, as uploads from a scope usually are
     page.click("button[data-tab=video]")
     page.set_input_files("#video-file", str(clip))
     page.wait_for_function("(v => v.readyState >= 2 && v.duration > 0)(document.getElementById('video-player'))")

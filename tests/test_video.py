@@ -69,6 +69,25 @@ def test_video_file_gives_playable_overlay_and_csv(sequence, tiny_checkpoint, tm
     assert all(p.stat().st_mode & 0o644 == 0o644 for p in out_dir.iterdir())
 
 
+def _codec_and_frames(path):
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.name, sum(1 for _ in container.decode(stream))
+
+
+def test_mp4_outputs_are_h264_that_browsers_play(sequence, tiny_checkpoint, tmp_path):
+    odd = [f[:287, :383] for f in sequence[:5]]  # 4:2:0 needs even sizes: the last row and column go
+    clip = write_clip(odd, tmp_path / "clip.mp4", fps=25)
+    assert _codec_and_frames(clip) == ("h264", 5)
+    assert _video_info(clip) == (5, (382, 286))
+    out = tmp_path / "out" / "o.mp4"
+    stats = run_video(clip, Predictor(tiny_checkpoint, backend="onnxruntime"), out, show_progress=False)
+    assert stats.frames == 5 and _codec_and_frames(out) == ("h264", 5)
+    assert _leftovers(out.parent) == ["o.csv", "o.mp4"]
+
+
 def test_csv_matches_the_model(sequence, tiny_checkpoint, tmp_path):
     clip = write_clip(sequence[:4], tmp_path / "clip.avi", fps=10)
     predictor = Predictor(tiny_checkpoint)

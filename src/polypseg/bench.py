@@ -1,6 +1,11 @@
-"""The inference benchmark: per-frame latency of torch eager vs ONNX Runtime (fp32, int8) and the
-end-to-end fps of the video pipeline, on real frames. Called by `polypseg benchmark` and
-benchmarks/bench_inference.py; the numbers in docs/benchmark-cpu.json come from here."""
+"""The inference benchmark: per-frame latency of torch eager vs ONNX Runtime (fp32, int8), the
+end-to-end fps of the video pipeline under several runtime settings (median and spread over repeated
+runs), and the cost per frame of each pipeline stage alone, on real frames. Called by `polypseg benchmark`
+and benchmarks/bench_inference.py; the numbers in docs/benchmark-cpu.json come from here.
+
+Machines are shared and noisy: one run of the pipeline says little, so every setting runs ``repeats``
+times, the settings taking turns (a slow minute hits all of them alike), and the table gives the median
+with the min-max range."""
 
 from __future__ import annotations
 
@@ -16,11 +21,12 @@ import torch
 
 from .config import DEFAULT_DATA, Config
 from .data import index_dataset, read_image
+from .errors import PolypsegError
 from .export import calibration_inputs, export_onnx, int8_path_for, load_checkpoint_config, quantize_int8, side_pairs, spread
 from .model import build_model, save_checkpoint
 from .predict import DEFAULT_MODEL, Predictor
-from .runtime import cpu_cores
-from .video import run_video, write_clip
+from .runtime import SPIN_DEFAULT, cpu_cores
+from .video import draw_overlay, open_source, open_writer, run_video, write_clip
 
 BENCH_ENCODERS = ("resnet50", "tu-tf_efficientnet_lite0")
 REALTIME_ENCODER = "tu-tf_efficientnet_lite0"
@@ -59,17 +65,28 @@ def benchmark(
     video: bool = True,
     video_frames: int | None = None,
     verbose: bool = True,
+    repeats: int | None = None,
+    video_model: str | Path | None = None,
 ) -> dict[str, Any]:
     """Per-frame latency (median, p90) and fps of torch eager vs ONNX Runtime (and int8 with ``int8``)
     for DeepLabV3+ with each of ``encoders`` (random weights) at ``height x width`` on real frames of
     ``data``, and the end-to-end fps of the video pipeline (``run_video``, the real-time encoder) on a
     clip built from the dataset's frames. Prints a table (``verbose``) and returns the numbers.
 
+    The video pipeline runs the shipped real-time model (``video_model``: another checkpoint) ``repeats``
+    times per setting: ONNX Runtime with 1, 2 and all threads, spinning on and off, and torch (``quick``:
+    ONNX Runtime with the default spinning only); then each stage alone (decode, preprocess, inference,
+    resize back + overlay, H.264 encode) with the default setting.
+
     Latency covers what ``Predictor.predict_prob`` does for one frame: preprocessing, the network and
     resizing the probabilities back. ``quick``: few iterations, a short clip (for development).
     """
     import onnxruntime as ort
 
+    repeats = (2 if quick else 5) if repeats is None else repeats
+    if repeats < 1:
+        raise PolypsegError(f"--repeats must be 1 or more, got {repeats}.")
+    thread_choices = [threads] if threads else sorted({1, min(2, cpu_cores()), cpu_cores()})
     threads = threads or cpu_cores()
     iterations = iterations or (5 if quick else 40)
     warmup = 2 if quick else 5
@@ -81,7 +98,7 @@ def benchmark(
               f"{iterations} timed frames after {warmup} warm-up")
     say(header)
     rows: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"header": header, "rows": rows, "video": []}
+    result: dict[str, Any] = {"header": header, "rows": rows, "video": [], "stages": []}
     with tempfile.TemporaryDirectory(prefix="polypseg-bench-") as tmp:
         checkpoints = {}
         for encoder in encoders:
@@ -107,24 +124,124 @@ def benchmark(
                 rows.append({"model": encoder, "runtime": name, "median_ms": float(np.median(ms)),
                              "p90_ms": float(np.percentile(ms, 90)), "fps": fps, "vs_torch": fps / base})
                 del predictor
-        if video and REALTIME_ENCODER in checkpoints:
+        if video:
             n = video_frames or (50 if quick else 200)
             clip_pairs = sorted(pairs, key=lambda p: (p.sequence or 0, p.id))[:n]
             clip = write_clip((read_image(p.image) for p in clip_pairs), Path(tmp) / "clip.mp4", fps=25)
-            runs = [(f"{REALTIME_ENCODER} ({height}x{width} input)", checkpoints[REALTIME_ENCODER], b)
-                    for b in (("onnxruntime",) if quick else ("onnxruntime", "torch"))]
-            if DEFAULT_MODEL.is_file():  # the trained model `video` uses by default, at its own input size
-                cfg = load_checkpoint_config(DEFAULT_MODEL)
-                label = f"shipped real-time model ({cfg.encoder}, {cfg.height}x{cfg.width} input)"
-                runs += [(label, None, b) for b in (("onnxruntime",) if quick else ("onnxruntime", "torch"))]
-            for i, (label, ckpt, backend) in enumerate(runs):
-                predictor = Predictor(ckpt, backend=backend, threads=threads)
-                stats = run_video(clip, predictor, Path(tmp) / f"out-{i}.mp4", show_progress=False)
-                result["video"].append({"model": label, "runtime": backend, "frames": stats.frames,
-                                        "fps": stats.fps, "latency_median_ms": stats.latency_median_ms,
-                                        "latency_p90_ms": stats.latency_p90_ms})
+            model, label = _video_model(video_model, checkpoints, height, width)
+            if model is not None or DEFAULT_MODEL.is_file():
+                settings = video_settings(thread_choices, quick)
+                result["video"] = video_runs(clip, model, label, settings, repeats, Path(tmp))
+                result["stages"] = stage_costs(clip, Predictor(model, backend="onnxruntime", threads=threads),
+                                               Path(tmp) / "stages.mp4")
     say(format_benchmark(result))
     return result
+
+
+def _video_model(video_model, checkpoints: dict, height: int, width: int) -> tuple[Path | None, str]:
+    """The checkpoint the video rows run (None: the shipped model) and its label."""
+    if video_model is not None:
+        cfg = load_checkpoint_config(Path(video_model))
+        return Path(video_model), f"{cfg.encoder} ({cfg.height}x{cfg.width} input)"
+    if DEFAULT_MODEL.is_file():  # the trained model `video` uses by default, at its own input size
+        cfg = load_checkpoint_config(DEFAULT_MODEL)
+        return None, f"shipped real-time model ({cfg.encoder}, {cfg.height}x{cfg.width} input)"
+    if REALTIME_ENCODER in checkpoints:
+        return checkpoints[REALTIME_ENCODER], f"{REALTIME_ENCODER} ({height}x{width} input, random weights)"
+    return None, ""
+
+
+def video_settings(thread_choices: Sequence[int], quick: bool) -> list[dict[str, Any]]:
+    """The runtime settings the video pipeline is compared under, as Predictor keyword arguments."""
+    spins = (SPIN_DEFAULT,) if quick else (True, False)
+    settings = [dict(backend="onnxruntime", threads=t, spin=spin) for t in thread_choices for spin in spins]
+    if not quick:
+        settings.append(dict(backend="torch", threads=max(thread_choices)))
+    return settings
+
+
+def video_runs(clip: Path, model: Path | None, label: str, settings: list[dict[str, Any]], repeats: int,
+               tmp: Path) -> list[dict[str, Any]]:
+    """``run_video`` on ``clip`` ``repeats`` times per setting, the settings taking turns; one row per
+    setting with the median fps, its min-max and the median of the runs' median latencies."""
+    predictors = [Predictor(model, **kw) for kw in settings]
+    for predictor in predictors:  # warm up: the first runs of a session allocate its buffers
+        x, _ = predictor.prepare(_grey_frame(predictor))
+        for _ in range(3):
+            predictor.infer(x)
+    fps: list[list[float]] = [[] for _ in settings]
+    latency: list[list[float]] = [[] for _ in settings]
+    frames = 0
+    for _ in range(repeats):
+        for i, predictor in enumerate(predictors):
+            stats = run_video(clip, predictor, tmp / f"out-{i}.mp4", show_progress=False)
+            fps[i].append(stats.fps)
+            latency[i].append(stats.latency_median_ms)
+            frames = stats.frames
+    return [{"model": label, "runtime": kw["backend"], "threads": kw["threads"],
+             "spin": kw.get("spin") if kw["backend"] == "onnxruntime" else None, "frames": frames,
+             "runs": repeats, "fps_all": fps[i], "fps_median": float(np.median(fps[i])),
+             "fps_min": min(fps[i]), "fps_max": max(fps[i]), "latency_median_ms": float(np.median(latency[i]))}
+            for i, kw in enumerate(settings)]
+
+
+def _grey_frame(predictor: Predictor) -> np.ndarray:
+    """A mid-grey frame of the model's input size, for warming up."""
+    return np.full((predictor.config.height, predictor.config.width, 3), 128, np.uint8)
+
+
+def stage_costs(clip: Path, predictor: Predictor, out: Path) -> list[dict[str, Any]]:
+    """Median ms per frame of each pipeline stage run alone, one after the other on ``clip``: where the
+    time of a frame goes. In the pipeline, decode + preprocess, inference and the rest overlap."""
+    source = open_source(clip)
+    images, decode = [], []
+    try:
+        frames = source.frames()
+        while True:
+            begin = time.perf_counter()
+            item = next(frames, None)
+            decode.append(time.perf_counter() - begin)
+            if item is None:
+                break
+            images.append(item[1])
+    finally:
+        source.close()
+    prepared, prep = _timed(predictor.prepare, images)
+    probs, infer = _timed(lambda xf: predictor.infer(xf[0]), prepared)
+    threshold = predictor.threshold
+
+    def draw(item):
+        (x, fitted), image, prob = item
+        mask = Predictor.finish(prob, fitted, image.shape[:2]) >= threshold
+        return draw_overlay(image, mask, float(mask.mean()), 30.0)
+
+    drawn, overlay_ms = _timed(draw, list(zip(prepared, images, probs)))
+    writer = open_writer(out, (images[0].shape[1], images[0].shape[0]), 25)
+    try:
+        _, encode = _timed(writer.write, drawn)
+    finally:
+        writer.close()
+    stages = [("decode (OpenCV)", decode[:-1]), ("preprocess (resize, normalise)", prep),
+              (f"inference ({predictor.backend}, {_threads_label(predictor)})", infer),
+              ("resize back + overlay", overlay_ms), ("encode (H.264, libx264)", encode)]
+    return [{"stage": name, "ms_per_frame": 1000 * float(np.median(t))} for name, t in stages]
+
+
+def _timed(fn: Callable[[Any], Any], items: list) -> tuple[list, list[float]]:
+    results, times = [], []
+    for item in items:
+        begin = time.perf_counter()
+        results.append(fn(item))
+        times.append(time.perf_counter() - begin)
+    return results, times
+
+
+def _threads_label(predictor: Predictor) -> str:
+    session = predictor.session
+    if session is None:
+        return "torch threads"
+    opts = session.get_session_options()
+    return f"{opts.intra_op_num_threads} thread(s)"
 
 
 def format_benchmark(result: dict[str, Any]) -> str:
@@ -133,9 +250,14 @@ def format_benchmark(result: dict[str, Any]) -> str:
         lines.append(f"| {r['model']} | {r['runtime']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
                      f"{r['fps']:.1f} | {r['vs_torch']:.2f}x |")
     if result["video"]:
-        lines += ["", "| video pipeline (decode -> infer -> encode) | runtime | frames | end-to-end fps | "
-                      "latency median ms | p90 ms |", "|---|---|---|---|---|---|"]
+        lines += ["", "| video pipeline (decode -> infer -> encode) | runtime | threads | spinning | runs | "
+                      "frames | median fps | min-max fps | median latency ms |", "|---" * 9 + "|"]
         for v in result["video"]:
-            lines.append(f"| {v['model']} | {v['runtime']} | {v['frames']} | {v['fps']:.1f} | "
-                         f"{v['latency_median_ms']:.1f} | {v['latency_p90_ms']:.1f} |")
+            spin = "" if v["spin"] is None else ("on" if v["spin"] else "off")
+            lines.append(f"| {v['model']} | {v['runtime']} | {v['threads']} | {spin} | {v['runs']} | "
+                         f"{v['frames']} | {v['fps_median']:.1f} | {v['fps_min']:.1f}-{v['fps_max']:.1f} | "
+                         f"{v['latency_median_ms']:.1f} |")
+    if result["stages"]:
+        lines += ["", "| stage, run alone | median ms per frame |", "|---|---|"]
+        lines += [f"| {st['stage']} | {st['ms_per_frame']:.1f} |" for st in result["stages"]]
     return "\n".join(lines)

@@ -223,7 +223,7 @@ def _export(args) -> int:
 def _benchmark(args) -> int:
     from .bench import benchmark
 
-    benchmark(quick=args.quick, data=args.data, int8=args.int8, threads=args.threads)
+    benchmark(quick=args.quick, data=args.data, int8=args.int8, threads=args.threads, repeats=args.repeats)
     return 0
 
 
@@ -353,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="few iterations")
     b.add_argument("--data", default=DEFAULT_DATA, help="frames for the video pipeline clip")
     b.add_argument("--int8", action="store_true", help="also time int8 ONNX models (static quantisation)")
-    b.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
+    b.add_argument("--threads", type=int, help="CPU threads for inference (default: compare 1, 2 and all cores)")
+    b.add_argument("--repeats", type=int, help="runs of the video pipeline per setting (default 5, --quick 2)")
     b.set_defaults(func=_benchmark)
     return p
 

@@ -53,7 +53,8 @@ class Predictor:
     exports the checkpoint in memory (a few seconds; `polypseg export` saves that time).
     ``tta=True`` averages the probabilities of the frame and its horizontal and vertical flips, run as
     one batch of three. ``threads``: intra-op threads (torch: set during each call and restored after,
-    default torch's setting; ORT: the session's, default every core).
+    default torch's setting; ORT: the session's, default every core). ``spin``: ORT only, whether its
+    threads busy-wait for work (default ``runtime.SPIN_DEFAULT``).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class Predictor:
         backend: str = "torch",
         onnx_path: str | Path | None = None,
         threads: int | None = None,
+        spin: bool | None = None,
     ):
         if backend not in BACKENDS:
             raise PolypsegError(f"Unknown backend '{backend}'. Valid: {', '.join(BACKENDS)}.")
@@ -79,7 +81,7 @@ class Predictor:
             # An ONNX file alone carries its config: no checkpoint needed then.
             given = checkpoint is not None or onnx_path is None
             self.checkpoint = resolve_model(checkpoint) if given else None
-            self.runner, self.config = onnx_backend(self.checkpoint, onnx_path, device, threads)
+            self.runner, self.config = onnx_backend(self.checkpoint, onnx_path, device, threads, spin)
 
     @property
     def model(self) -> torch.nn.Module | None:

@@ -36,6 +36,14 @@ OPSET = 17
 # Keys of the metadata every ONNX file written by polypseg carries.
 ONNX_CONFIG_KEY = "polypseg.config"
 ONNX_SHA256_KEY = "polypseg.checkpoint_sha256"
+# ONNX Runtime's intra-op threads spin (busy-wait) between ops by default; polypseg turns that off.
+# `polypseg benchmark`, shipped model, 200-frame clip, 2 cores busy with a training run (load ~6-8), fps of
+# the whole video pipeline, 4 alternating runs each, median (min-max): 2 threads spinning 7.1 (6.9-7.4),
+# 2 threads not spinning 17.4 (14.3-22.2), 1 thread 12.9 either way. Spinning threads hold both cores
+# while they wait, starving the decoder, the encoder and the other process, and every spinning thread
+# descheduled mid-op stalls the op. A quiet machine loses a little to thread wake-ups (the 2-thread
+# spinning figure of 27.6-42.5 fps in docs was also the most unstable), so off is the robust choice.
+SPIN_DEFAULT = False
 
 
 def cpu_cores() -> int:
@@ -86,9 +94,11 @@ def torch_device(device: str) -> torch.device:
 # ONNX Runtime sessions
 
 
-def ort_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None):
+def ort_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None,
+                spin: bool | None = None):
     """An ONNX Runtime session tuned for one-frame latency: all graph optimisations, sequential
-    execution, ``threads`` intra-op threads (default: every core this process may use)."""
+    execution, ``threads`` intra-op threads (default: every core this process may use); ``spin``: whether
+    those threads busy-wait for work (default SPIN_DEFAULT)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -100,6 +110,10 @@ def ort_session(model: str | Path | bytes, device: str = "cpu", threads: int | N
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = threads or cpu_cores()
     opts.inter_op_num_threads = 1
+    if not (SPIN_DEFAULT if spin is None else spin):
+        # Spinning threads burn a core while they wait; when the decoder, the encoder or another process
+        # needs that core, they slow everyone down (see the benchmark numbers at SPIN_DEFAULT).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # errors only: ORT warns about every initialiser it folds
     dev = torch_device(device)
     providers: list = ["CPUExecutionProvider"]
@@ -250,7 +264,8 @@ def torch_backend(weights: Path, device: str = "cpu", threads: int | None = None
 
 
 def onnx_backend(
-    weights: Path | None, onnx_path: str | Path | None = None, device: str = "cpu", threads: int | None = None
+    weights: Path | None, onnx_path: str | Path | None = None, device: str = "cpu", threads: int | None = None,
+    spin: bool | None = None,
 ) -> tuple[OnnxBackend, Config]:
     """An ONNX Runtime backend and the config its file carries.
 
@@ -263,7 +278,7 @@ def onnx_backend(
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise PolypsegError(f"The ONNX file {onnx_path} does not exist. Write it with `polypseg export`.")
-        session = ort_session(onnx_path, device, threads)
+        session = ort_session(onnx_path, device, threads, spin)
         meta = onnx_metadata(session)
         if ONNX_CONFIG_KEY not in meta:
             raise PolypsegError(
@@ -281,11 +296,11 @@ def onnx_backend(
         session = None
         beside = weights.with_suffix(".onnx")
         if beside.is_file():
-            found = ort_session(beside, device, threads)
+            found = ort_session(beside, device, threads, spin)
             if onnx_metadata(found).get(ONNX_SHA256_KEY) == file_sha256(weights):
                 session = found
         if session is None:
             model, cfg = load_checkpoint(weights)
-            session = ort_session(export_bytes(model, cfg, weights), device, threads)
+            session = ort_session(export_bytes(model, cfg, weights), device, threads, spin)
     cfg = Config.from_dict(json.loads(onnx_metadata(session)[ONNX_CONFIG_KEY]))
     return OnnxBackend(session), cfg

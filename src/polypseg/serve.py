@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from fractions import Fraction
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any, Literal
@@ -290,16 +289,11 @@ class _CountingPredictor:
 
 
 def segment_video(predictor, source: Path, out_mp4: Path, out_csv: Path) -> dict:
-    """The one place serve calls polypseg.video: the overlay video (H.264, which browsers play; run_video
-    writes MJPG/mp4v, which they do not) and the per-frame CSV; returns the figures and the timeline."""
+    """The one place serve calls polypseg.video: the overlay video (an .mp4 is H.264, which browsers play)
+    and the per-frame CSV; returns the figures and the timeline."""
     from .video import run_video
 
-    mjpg = out_mp4.with_name("overlay.avi")
-    stats = run_video(source, predictor, out_path=mjpg, csv_path=out_csv, show_progress=False)
-    try:
-        to_h264(mjpg, out_mp4, _video_fps(mjpg))
-    finally:
-        mjpg.unlink(missing_ok=True)
+    stats = run_video(source, predictor, out_path=out_mp4, csv_path=out_csv, show_progress=False)
     with open(out_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     present = [int(r["polyp_present"]) for r in rows]
@@ -308,35 +302,6 @@ def segment_video(predictor, source: Path, out_mp4: Path, out_csv: Path) -> dict
         "fps": round(stats.fps, 1), "polyp_frames": sum(present),
         "timeline": present, "area": [float(r["area_fraction"]) for r in rows],
     }
-
-
-def _video_fps(path: Path) -> float:
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    cap.release()
-    return fps if 1 <= fps <= 240 else 25.0
-
-
-def to_h264(src: Path, dst: Path, fps: float) -> Path:
-    """Re-encode a video as H.264 (yuv420p, even size) in MP4 with PyAV's libx264: plays in every browser."""
-    import av
-
-    rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
-        stream = None
-        for frame in inp.decode(video=0):
-            if stream is None:
-                stream = out.add_stream("libx264", rate=rate)
-                stream.width, stream.height = frame.width - frame.width % 2, frame.height - frame.height % 2
-                stream.pix_fmt = "yuv420p"
-                stream.options = {"crf": "23", "preset": "veryfast"}
-            frame = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
-            frame.pts = None  # the encoder numbers frames at ``rate``
-            out.mux(stream.encode(frame))
-        if stream is None:
-            raise PolypsegError("the video holds no frames")
-        out.mux(stream.encode(None))
-    return dst
 
 
 class JobManager:

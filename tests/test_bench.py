@@ -1,0 +1,21 @@
+"""`polypseg benchmark`'s video table on the tiny model with --quick: its structure, not its timings."""
+
+from __future__ import annotations
+
+from polypseg.bench import benchmark, format_benchmark
+
+
+def test_video_rows_report_median_and_spread_over_the_repeats(tiny_checkpoint, data_dir, capsys):
+    result = benchmark(quick=True, data=data_dir, encoders=(), video_frames=6, repeats=3,
+                       video_model=tiny_checkpoint / "best.safetensors")
+    rows = result["video"]
+    assert rows and {(r["runtime"], r["spin"]) for r in rows} == {("onnxruntime", rows[0]["spin"])}
+    for r in rows:
+        assert r["runs"] == 3 and len(r["fps_all"]) == 3 and r["frames"] == 6
+        assert r["fps_min"] <= r["fps_median"] <= r["fps_max"]
+    assert [s["stage"].split(" ")[0] for s in result["stages"]] == ["decode", "preprocess", "inference",
+                                                                     "resize", "encode"]
+    table = format_benchmark(result)
+    assert "| median fps | min-max fps | median latency ms |" in table
+    assert "| stage, run alone | median ms per frame |" in table
+    assert table in capsys.readouterr().out
