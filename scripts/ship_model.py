@@ -2,7 +2,7 @@
 safetensors + JSON in src/polypseg/pretrained/, its test metrics copied into the JSON, and the run's
 split.json beside it (so `evaluate` and `export --int8` use the frames the model never saw).
 
-Usage: .venv/bin/python scripts/ship_model.py runs/results/lite0-sequence-e40
+Usage: .venv/bin/python scripts/ship_model.py runs/pranet-lite0-e12   (evaluated: RUN/eval-test or RUN/eval-sets)
 Then check the fp16 file gives the run's figures (the test side of the split.json beside it):
   polypseg evaluate --run src/polypseg/pretrained/realtime.safetensors --data DATA -o runs/eval-shipped
 """
@@ -19,15 +19,10 @@ from polypseg.model import load_checkpoint, read_checkpoint_meta, save_checkpoin
 OUT = Path(__file__).resolve().parents[1] / "src" / "polypseg" / "pretrained" / "realtime.safetensors"
 
 
-def ship(run: Path, out: Path = OUT) -> Path:
-    summary = json.loads((run / "eval-test" / "summary.json").read_text())
-    split = json.loads((run / "split.json").read_text())
-    model, cfg = load_checkpoint(run / "best.safetensors")
-    meta = read_checkpoint_meta(run / "best.safetensors")
+def _single_test_metrics(summary: dict, split: dict) -> dict:
     per_image, micro = summary["metrics"]["per-image"], summary["metrics"]["micro"]
     n_seq = len({split["sequences"][i] for i in split["test"]}) if split.get("sequences") else "?"
-    metrics = {
-        **meta["metrics"],
+    return {
         "test_mdice_per_image": per_image["dice"],
         "test_miou_per_image": per_image["iou"],
         "test_two_class_miou_micro": micro["miou2"],
@@ -36,8 +31,28 @@ def ship(run: Path, out: Path = OUT) -> Path:
         if summary["selection"].get("leak", {}).get("train_test") == 0
         else f"{split['strategy']}, {len(split['test'])} frames (sequences on both sides)",
     }
+
+
+def _sets_test_metrics(combined: dict, split: dict) -> dict:
+    """A run trained on several folders: mDice and mIoU of each folder's test side."""
+    out = {"test_split": f"{split['strategy']} (seed {split.get('seed', '?')}) of {', '.join(split['folders'])}"}
+    for t in combined["test_sets"]:
+        name = t["selection"]["name"]
+        out[f"test_mdice_per_image_{name}"] = t["metrics"]["per-image"]["dice"]
+        out[f"test_miou_per_image_{name}"] = t["metrics"]["per-image"]["iou"]
+    return out
+
+
+def ship(run: Path, out: Path = OUT) -> Path:
+    split = json.loads((run / "split.json").read_text())
+    if (run / "eval-sets" / "summary.json").is_file():
+        test = _sets_test_metrics(json.loads((run / "eval-sets" / "summary.json").read_text()), split)
+    else:
+        test = _single_test_metrics(json.loads((run / "eval-test" / "summary.json").read_text()), split)
+    model, cfg = load_checkpoint(run / "best.safetensors")
+    meta = read_checkpoint_meta(run / "best.safetensors")
     atomic_write_text(out.parent / "split.json", (run / "split.json").read_text())
-    return save_checkpoint(model, cfg, out, epoch=meta["epoch"], metrics=metrics, half=True)
+    return save_checkpoint(model, cfg, out, epoch=meta["epoch"], metrics={**meta["metrics"], **test}, half=True)
 
 
 if __name__ == "__main__":

@@ -135,11 +135,13 @@ def test_shipped_model_segments_frames_it_never_saw(data_dir):
     assert not set(split.test) & set(split.train + split.val)
     predictor = Predictor()
     assert predictor.config.encoder == "tu-tf_efficientnet_lite0"
-    ids = split.test[:: len(split.test) // 6][:6]
+    # its CVC-ClinicDB test frames (ids "cvc-clinicdb/NNN" when it trained on several data sets)
+    clinic = [i.rpartition("/")[2] for i in split.test if i.rpartition("/")[0] in ("", "cvc-clinicdb")]
+    ids = clinic[:: len(clinic) // 6][:6]
     counts = []
     for i in ids:
         prob = predictor.predict_prob(read_image(data_dir / "images" / f"{i}.png"))
-        counts.append(confusion(prob >= predictor.config.threshold, read_mask(data_dir / "masks" / f"{i}.png")[0]))
+        counts.append(confusion(prob >= predictor.threshold, read_mask(data_dir / "masks" / f"{i}.png")[0]))
     assert reduce(np.stack(counts), "per-image")["dice"] > 0.6
 
 

@@ -15,7 +15,7 @@ import pytest
 from polypseg.data import read_image
 
 CHROMIUM = Path("/usr/bin/chromium")
-FRAMES = [f"{i:03d}.png" for i in range(320, 332)]  # CVC-ClinicDB sequence 16 (test side of the shipped model)
+FRAMES = [f"{i:03d}.png" for i in range(320, 332)]  # CVC-ClinicDB sequence 16
 SHOTS = os.environ.get("POLYPSEG_SCREENSHOTS")
 
 pytestmark = pytest.mark.browser

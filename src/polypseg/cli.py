@@ -298,9 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(r)
     r.set_defaults(func=_reproduce)
 
-    def infer_flags(q):
+    def infer_flags(q, backend: str = "torch"):
         q.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
-        q.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+        q.add_argument("--backend", default=backend, choices=["torch", "onnxruntime"],
+                       help=f"inference runtime (default {backend})")
         q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (onnxruntime: needs onnxruntime-gpu)")
         q.add_argument("--onnx", metavar="FILE", help="ONNX file for --backend onnxruntime, e.g. RUN/best.int8.onnx "
                        "(default: RUN/best.onnx from `polypseg export`, else exported in memory)")
@@ -320,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     vd = sub.add_parser("video", help="overlay video and per-frame CSV for a file, frame folder, camera or stream")
     vd.add_argument("source", help="video file, folder of frames, camera index (0) or stream URL")
     vd.add_argument("-o", "--output", required=True, help="overlay video to write (.mp4)")
-    infer_flags(vd)
+    infer_flags(vd, backend="onnxruntime")  # real time on a CPU needs ONNX Runtime (README: Speed)
     vd.add_argument("--csv", help="per-frame CSV (default: beside the video)")
     vd.add_argument("--max-frames", type=int, help="stop after this many frames")
     vd.add_argument("--no-progress", action="store_true", help="no progress bar")
