@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 
 from polypseg.config import DEFAULT_DATA
-from polypseg.predict import Predictor, cpu_cores
+from polypseg.predict import Predictor
+from polypseg.runtime import cpu_cores
 from polypseg.serve import ServeSettings, background_server, create_app
 
 BOUNDARY = "polypsegbench"

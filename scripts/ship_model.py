@@ -10,6 +10,7 @@ Then check the fp16 file gives the run's figures (the test side of the split.jso
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def ship(run: Path, out: Path = OUT) -> Path:
     model, cfg = load_checkpoint(run / "best.safetensors")
     meta = read_checkpoint_meta(run / "best.safetensors")
     atomic_write_text(out.parent / "split.json", (run / "split.json").read_text())
-    return save_checkpoint(model, cfg, out, epoch=meta["epoch"], metrics={**meta["metrics"], **test}, half=True)
+    # A run without a validation side logs NaN for it: leave those out (JSON has no NaN).
+    kept = {k: v for k, v in meta["metrics"].items() if not (isinstance(v, float) and math.isnan(v))}
+    return save_checkpoint(model, cfg, out, epoch=meta["epoch"], metrics={**kept, **test}, half=True)
 
 
 if __name__ == "__main__":

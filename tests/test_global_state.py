@@ -17,7 +17,7 @@ SCRIPT = r"""
 import importlib, json, logging, pathlib, sys, warnings
 # Third-party packages first: what they do on import is theirs, not polypseg's.
 import cv2, lightning, lightning.pytorch.callbacks, lightning.pytorch.loggers, matplotlib, numpy, onnxruntime
-import scipy.ndimage, segmentation_models_pytorch, timm, torch, albumentations, tifffile, tqdm, safetensors.torch
+import scipy.ndimage, segmentation_models_pytorch, timm, torch, albumentations, tifffile, tqdm, safetensors.torch, av
 matplotlib.use("svg")  # a backend of the caller's choosing, not the one polypseg would pick
 torch.set_num_threads(2)
 

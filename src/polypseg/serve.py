@@ -18,6 +18,7 @@ import csv
 import hmac
 import io
 import ipaddress
+import math
 import os
 import queue
 import shutil
@@ -425,7 +426,7 @@ def model_info(predictor) -> dict[str, Any]:
         "input": [cfg.height, cfg.width],
         "threshold": predictor.threshold,
         "training_data": data or f"{cfg.data} ({cfg.split_strategy} split, seed {cfg.seed})",
-        "validation_dice": round(metrics["val_dice"], 3) if "val_dice" in metrics else None,
+        "validation_dice": round(metrics["val_dice"], 3) if math.isfinite(metrics.get("val_dice", math.nan)) else None,
         "epoch": epoch,
         "backend": getattr(predictor, "backend", None),
         "device": str(getattr(predictor, "device", "")),
