@@ -56,13 +56,20 @@ def _prepare(run, device: str, tta: bool, threshold: float | None, bootstrap: in
     return predictor, weights, float(threshold), source
 
 
-def _output_folder(out: Path) -> Path:
-    """A new temporary folder beside ``out``, renamed to ``out`` once everything is written."""
+def _write_folder(out: Path, fill) -> Any:
+    """``fill(tmp)`` into a new temporary folder beside ``out``, then put it at ``out``; on any failure the
+    temporary folder is removed and ``out`` is left as it was. Returns what ``fill`` returns."""
     check_writable(out, "the evaluation (-o)", folder=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()  # unlike mkdtemp, honours the umask: the finished folder is as readable as any other
-    return tmp
+    try:
+        result = fill(tmp)
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
 
 
 def evaluate(
@@ -97,8 +104,9 @@ def evaluate(
     weights = resolve_checkpoint(run)
     run_cfg = Config.from_dict(read_checkpoint_meta(weights)["config"])
     if data is None and split is None and not all_pairs and isinstance(run_cfg.data, list):
-        options = {k: v for k, v in locals().items() if k in EVAL_OPTIONS}
-        return evaluate_sets(run, None, out=out, **options)
+        return evaluate_sets(run, None, out=out, tta=tta, threshold=threshold, bootstrap=bootstrap,
+                             pranet_mdice=pranet_mdice, gallery=gallery, device=device, seed=seed,
+                             progress=progress, skip_bad=skip_bad)
     predictor, weights, threshold, source = _prepare(run, device, tta, threshold, bootstrap)
     run_dir = weights.parent
     cfg = predictor.config
@@ -112,18 +120,9 @@ def evaluate(
     pairs = _usable(pairs, skip_bad, selection)
     selection["seen_in_training"] = _seen_in_training(run_dir, index, cfg, data, [p.id for p in pairs])
     out = Path(out) if out is not None else run_dir / f"eval-{selection['name']}"
-    tmp = _output_folder(out)
-    try:
-        summary = _evaluate_set(tmp, predictor, pairs, selection, index, threshold, source, weights,
-                                tta, device, bootstrap, pranet_mdice, gallery, seed, progress)
-        summary["out"] = str(out)
-        _write_summary(tmp, summary)
-        _write_reports(tmp, summary)
-        _replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return summary
+    return _write_folder(out, lambda tmp: _evaluate_set(
+        tmp, out, predictor, pairs, selection, index, threshold, source, weights, tta, device, bootstrap,
+        pranet_mdice, gallery, seed, progress))
 
 
 def _usable(pairs: list[Pair], skip_bad: bool, selection: dict[str, Any]) -> list[Pair]:
@@ -135,14 +134,18 @@ def _usable(pairs: list[Pair], skip_bad: bool, selection: dict[str, Any]) -> lis
     return good
 
 
-def _evaluate_set(folder, predictor, pairs, selection, index, threshold, source, weights, tta, device,
+def _evaluate_set(folder, out, predictor, pairs, selection, index, threshold, source, weights, tta, device,
                   bootstrap, pranet_mdice, gallery, seed, progress) -> dict[str, Any]:
+    """Evaluate one set into ``folder`` (its per-image CSV, figures, summary and reports); ``out`` is where
+    the folder will end up."""
     summary = _evaluate_into(folder, predictor, pairs, threshold, bootstrap, pranet_mdice, gallery, seed, progress)
     summary.update(
         run=str(weights.parent), checkpoint=str(weights), data=str(index.root), selection=selection,
         threshold=float(threshold), threshold_source=source, tta=tta, device=device,
-        model=predictor.config.to_dict(), out=str(folder),
+        model=predictor.config.to_dict(), out=str(out),
     )
+    _write_summary(folder, summary)
+    _write_reports(folder, summary)
     return summary
 
 
@@ -236,27 +239,21 @@ def evaluate_sets(run: str | Path, test_sets: list[str] | None = None, out: str 
         raise PolypsegError(f"Two test sets have the same name ({', '.join(names)}); give each one once.")
     chosen = [(index, _usable(pairs, skip_bad, selection), selection) for index, pairs, selection in chosen]
     out = Path(out) if out is not None else run_dir / "eval-sets"
-    tmp = _output_folder(out)
-    try:
+
+    def fill(tmp: Path) -> dict[str, Any]:
         sets = []
         for index, pairs, selection in chosen:
             sub = tmp / selection["name"]
             sub.mkdir()
-            summary = _evaluate_set(sub, predictor, pairs, selection, index, threshold, source, weights,
-                                    tta, device, bootstrap, pranet_mdice, gallery, seed, progress)
-            summary["out"] = str(out / selection["name"])
-            _write_summary(sub, summary)
-            _write_reports(sub, summary)
-            sets.append(summary)
+            sets.append(_evaluate_set(sub, out / selection["name"], predictor, pairs, selection, index, threshold,
+                                      source, weights, tta, device, bootstrap, pranet_mdice, gallery, seed, progress))
         combined = {"format": SUMMARY_FORMAT, "run": str(run_dir), "checkpoint": str(weights), "out": str(out),
                     "test_sets": sets}
         _write_summary(tmp, combined)
         _write_combined_reports(tmp, combined)
-        _replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return combined
+        return combined
+
+    return _write_folder(out, fill)
 
 
 def _select(index, run_dir: Path, split) -> tuple[list[Pair], dict[str, Any]]:
