@@ -45,7 +45,7 @@ def _real_pair(data_dir) -> tuple[np.ndarray, np.ndarray]:
     return painted, mask
 
 
-@pytest.mark.parametrize("preset", ["default", "light"])
+@pytest.mark.parametrize("preset", ["default", "strong", "light"])
 @pytest.mark.parametrize("source", ["synthetic", "real"])
 def test_train_augmentation_keeps_mask_on_the_bright_region(data_dir, preset, source):
     image, mask = _synthetic_pair() if source == "synthetic" else _real_pair(data_dir)
@@ -100,7 +100,7 @@ def test_to_input_pads_to_32_and_from_output_crops_back(size):
 
 
 def test_unknown_augmentation_preset_is_refused(tiny_config, tmp_path):
-    with pytest.raises(PolypsegError, match="default, light, none"):
+    with pytest.raises(PolypsegError, match="default, strong, light, none"):
         train_transform(tiny_config.replace(augment="heavy"))
 
 

@@ -29,7 +29,7 @@ CONFIG_HELP = {
     "split": "split JSON from `polypseg data split`, or a CSV of id,side (default: made with --split-strategy)",
     "split_strategy": "random | sequence | kfold | pranet, when no --split is given",
     "fold": "fold of a kfold split file",
-    "augment": "train augmentation preset: default | light | none",
+    "augment": "train augmentation preset: default | strong | light | none",
     "epochs": "training epochs",
     "batch_size": "images per batch (per device)",
     "lr": "peak learning rate of decoder and head",
@@ -158,6 +158,13 @@ def _evaluate(args) -> int:
     else:
         summary = evaluate(args.run, data=args.data, split=args.split, all_pairs=args.all, **common)
     print(format_summary_table(summary))
+    return 0
+
+
+def _compare(args) -> int:
+    from .compare import compare, format_compare
+
+    print(format_compare(compare(args.a, args.b, metric=args.metric, resamples=args.bootstrap), args.a, args.b))
     return 0
 
 
@@ -291,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0: off)")
     e.add_argument("-o", "--output", help="evaluation folder (default: RUN/eval-<split>)")
     e.set_defaults(func=_evaluate)
+
+    cp = sub.add_parser("compare", help="two evaluations of the same images: paired difference B - A with its CI")
+    cp.add_argument("a", metavar="EVAL_A", help="evaluation folder of model A (`polypseg evaluate -o DIR`)")
+    cp.add_argument("b", metavar="EVAL_B", help="evaluation folder of model B, on the same test sets")
+    cp.add_argument("--metric", default="dice", help="per-image metric: dice, iou, precision, recall, hd95, ...")
+    cp.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CI")
+    cp.set_defaults(func=_compare)
 
     r = sub.add_parser("reproduce", help="train a preset on a split, evaluate its test side, print the table")
     r.add_argument("-o", "--output", required=True, help="run folder to create")

@@ -39,7 +39,7 @@ class Config:
     split: str | None = None  # split JSON (polypseg data split); None: made from split_strategy
     split_strategy: str = "sequence"
     fold: int | None = None  # for kfold split files
-    augment: str = "default"  # train augmentation preset: default | light | none
+    augment: str = "default"  # train augmentation preset: default | strong | light | none
     skip_bad: bool = False  # leave out unreadable pairs (listed) instead of refusing the data
     # optimisation
     epochs: int = 40

@@ -128,9 +128,7 @@ def bootstrap_ci(
     """
     counts = np.asarray(counts, dtype=np.int64)
     n = len(counts)
-    rng = np.random.default_rng(seed)
-    # how often each image is drawn in each resample: (resamples, n)
-    times = np.stack([np.bincount(rng.integers(0, n, size=n), minlength=n) for _ in range(resamples)])
+    times = _resample_times(n, resamples, seed)
     if reduction == "micro":
         draws = scores(times @ counts)
     elif reduction == "per-image":
@@ -139,8 +137,25 @@ def bootstrap_ci(
         raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
     for name, values in (extra or {}).items():
         draws[name] = times @ np.asarray(values, np.float64) / n
-    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-    return {k: tuple(float(x) for x in np.percentile(v, q)) for k, v in draws.items()}
+    return {k: _percentiles(v, level) for k, v in draws.items()}
+
+
+def bootstrap_mean_ci(values: np.ndarray, resamples: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-image ``values`` (e.g. paired differences)."""
+    values = np.asarray(values, np.float64)
+    return _percentiles(_resample_times(len(values), resamples, seed) @ values / len(values), level)
+
+
+def _resample_times(n: int, resamples: int, seed: int) -> np.ndarray:
+    """How often each of ``n`` images is drawn in each bootstrap resample: (resamples, n), seeded."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.bincount(rng.integers(0, n, size=n), minlength=n) for _ in range(resamples)])
+
+
+def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = np.percentile(draws, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(lo), float(hi)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:

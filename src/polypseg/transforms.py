@@ -19,7 +19,7 @@ import numpy as np
 from .config import Config
 from .errors import PolypsegError
 
-AUGMENT_PRESETS = ("default", "light", "none")
+AUGMENT_PRESETS = ("default", "strong", "light", "none")
 
 
 def _fit(cfg: Config) -> A.DualTransform:
@@ -57,6 +57,20 @@ def train_transform(cfg: Config) -> A.Compose:
             ),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.7),
             A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.2),
+        ]
+    elif cfg.augment == "strong":
+        # For frames from other hospitals: wider zoom (multi-scale), more light and colour change, and the
+        # scopes' and files' own noise (sensor noise, JPEG artefacts).
+        ops += [
+            A.Affine(
+                scale=(0.6, 1.4), translate_percent=(-0.15, 0.15), rotate=(-45, 45), shear=(-10, 10),
+                border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.8,
+            ),
+            A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8),
+            A.RandomGamma(gamma_limit=(70, 150), p=0.3),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 9))], p=0.3),
+            A.ImageCompression(quality_range=(40, 95), p=0.3),
+            A.GaussNoise(std_range=(0.02, 0.06), p=0.2),
         ]
     ops += [_pad_to_size(cfg), _normalize(cfg)]
     # albumentations keeps its own random state: seed it, or runs are not reproducible. Data loader
