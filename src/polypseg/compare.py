@@ -17,6 +17,7 @@ import numpy as np
 from .data import read_csv_rows
 from .errors import PolypsegError
 from .metrics import METRICS, bootstrap_mean_ci
+from .progress import text_table
 
 COMPARABLE = (*METRICS, "hd95")
 
@@ -80,7 +81,6 @@ def format_compare(rows: list[dict[str, Any]], a: str | Path, b: str | Path) -> 
          f"{r['diff']:+.3f} ({r['ci'][0]:+.3f} to {r['ci'][1]:+.3f})", f"{r['b_higher']} / {r['b_lower']}")
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    lines += text_table(table, rule=False)
     lines += ["", f"per-image {rows[0]['metric']}; bootstrap over images (frames of one sequence are correlated)"]
     return "\n".join(lines)

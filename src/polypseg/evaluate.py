@@ -30,6 +30,7 @@ from .files import check_writable
 from .model import read_checkpoint_meta, resolve_checkpoint
 from .predict import Predictor
 from .progress import progress as progress_lines
+from .progress import text_table
 from .splits import SIDES, leak_sentence, leak_text, load_split, split_pairs, with_index
 from .viz import GREEN, YELLOW, overlay
 
@@ -679,9 +680,7 @@ def _write_reports(tmp: Path, summary: dict[str, Any]) -> None:
 def format_sets_table(combined: dict[str, Any]) -> str:
     """One row per test set, aligned for a terminal, with each set's leak below."""
     header, rows = _sets_table(combined["test_sets"])
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table([header, *rows])
     first = combined["test_sets"][0]
     lines += ["", f"threshold {first['threshold']:.2f} ({first['threshold_source']}); mDice/mIoU: per-image means "
                   "with 95% bootstrap intervals"]

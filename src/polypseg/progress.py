@@ -1,10 +1,11 @@
-"""Progress of long loops: tqdm's bar on a terminal, a plain line every 10% when output goes to a file or
-a pipe (a log then reads as a few lines, not hundreds of carriage-return updates)."""
+"""What commands print as they work: progress of long loops (tqdm's bar on a terminal, a plain line every
+10% when output goes to a file or a pipe, so a log reads as a few lines, not hundreds of carriage-return
+updates) and the aligned tables they end with."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TextIO, TypeVar
 
 from tqdm import tqdm
@@ -77,3 +78,13 @@ def progress(
             bar.update(1)
     finally:
         bar.close()
+
+
+def text_table(rows: Sequence[Sequence[str]], rule: bool = True) -> list[str]:
+    """``rows`` (the header first) as lines of left-aligned columns two spaces apart; ``rule``: a line of
+    dashes under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    if rule:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import PolypsegError
+from .progress import text_table
 
 if TYPE_CHECKING:  # config imports this module; a runtime import back would be a cycle
     from .config import Config
@@ -410,9 +411,7 @@ def format_weights_table() -> str:
     rows = weights_table()
     header = {"encoder": "encoder", "source": "ImageNet weights from", "available": "available", "how": "how"}
     cells = [header] + [{**r, "available": "yes" if r["available"] else "no"} for r in rows]
-    widths = {k: max(len(str(c[k])) for c in cells) for k in header}
-    lines = ["  ".join(str(c[k]).ljust(widths[k]) for k in header).rstrip() for c in cells]
-    lines.insert(1, "  ".join("-" * widths[k] for k in header))
+    lines = text_table([[str(c[k]) for k in header] for c in cells])
     lines += [
         "",
         "Other smp encoders and any timm model as tu-<name> download their ImageNet weights the same way "
