@@ -1,13 +1,16 @@
 """The HTTP API of `polypseg serve` through FastAPI's TestClient: real CVC-ClinicDB frames, the shipped
 model (torch backend: it loads in about a second), every bad input the issue names, the token, the
-limits under load, video jobs and the live WebSocket."""
+limits under load, video jobs, the live WebSocket, the host allow-list and WebSocket origins, and
+images whose header declares more pixels than the server decodes."""
 
 from __future__ import annotations
 
 import csv
 import io
+import struct
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -22,6 +25,7 @@ from polypseg.predict import Predictor, describe
 from polypseg.serve import ServeSettings, background_server, create_app, decode_image
 
 FRAME = "322.png"  # CVC-ClinicDB sequence 16: one clear polyp
+TESTSERVER = ["testserver"]  # the Host of TestClient's requests; by default the app answers to loopback names only
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +35,7 @@ def predictor():
 
 @pytest.fixture(scope="module")
 def client(predictor):
-    with TestClient(create_app(predictor, ServeSettings(backend="torch", max_upload_mb=1))) as c:
+    with TestClient(create_app(predictor, ServeSettings(backend="torch", max_upload_mb=1, allowed_hosts=TESTSERVER))) as c:
         yield c
 
 
@@ -166,7 +170,7 @@ def test_bad_requests(client, png):
 # --- token ------------------------------------------------------------------------------------------
 
 def test_token_guards_every_request(predictor, png):
-    with TestClient(create_app(predictor, ServeSettings(token="s3cret"))) as c:
+    with TestClient(create_app(predictor, ServeSettings(token="s3cret", allowed_hosts=TESTSERVER))) as c:
         for path in ("/", "/static/app.js", "/api/v1/model", "/healthz", "/docs"):
             r = c.get(path)
             _is_error(r, 401)
@@ -211,7 +215,7 @@ class GatedPredictor:
 
 def test_full_server_answers_503_at_once_and_recovers(predictor, png):
     gated = GatedPredictor(predictor)
-    with TestClient(create_app(gated, ServeSettings(workers=1, max_pending=2))) as c, ThreadPoolExecutor(8) as pool:
+    with TestClient(create_app(gated, ServeSettings(workers=1, max_pending=2, allowed_hosts=TESTSERVER))) as c, ThreadPoolExecutor(8) as pool:
         held = [pool.submit(_image, c, png) for _ in range(2)]
         assert gated.entered.acquire(timeout=30)  # one in the worker, one waiting: the server is full
         deadline = time.monotonic() + 30
@@ -226,7 +230,7 @@ def test_full_server_answers_503_at_once_and_recovers(predictor, png):
 
 
 def test_32_concurrent_requests_all_answered(predictor, png):
-    with TestClient(create_app(predictor, ServeSettings())) as c, ThreadPoolExecutor(32) as pool:
+    with TestClient(create_app(predictor, ServeSettings(allowed_hosts=TESTSERVER))) as c, ThreadPoolExecutor(32) as pool:
         codes = list(pool.map(lambda _: _image(c, png, query="?format=png").status_code, range(32)))
     assert codes == [200] * 32
 
@@ -286,7 +290,7 @@ def test_bad_video_uploads(client, data, content_type, status):
 
 def test_video_queue_is_bounded_and_jobs_cancel(predictor, clip):
     gated = GatedPredictor(predictor)
-    with TestClient(create_app(gated, ServeSettings(max_jobs=1))) as c:
+    with TestClient(create_app(gated, ServeSettings(max_jobs=1, allowed_hosts=TESTSERVER))) as c:
         post = lambda: c.post("/api/v1/videos", files={"file": ("v.mp4", clip, "video/mp4")})  # noqa: E731
         running = post().json()["id"]
         assert gated.entered.acquire(timeout=30)  # the worker holds the first job
@@ -355,10 +359,174 @@ def test_cli_serve_prints_the_address_to_open(monkeypatch, capsys):
     assert "open http://127.0.0.1:8123/?token=t0ken" in out and "not for diagnosis" in out
 
 
-def test_decode_image_refuses_a_pixel_bomb():
-    big = io.BytesIO()
+# --- hosts and origins: no DNS rebinding, no WebSocket from another site's page ---------------------
+
+class CountingPredictor:
+    """The real predictor, counting the frames it is given."""
+
+    def __init__(self, predictor):
+        self.inner, self.frames = predictor, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict_prob(self, image):
+        self.frames += 1
+        return self.inner.predict_prob(image)
+
+
+def test_foreign_host_is_refused_and_loopback_names_answered(predictor, png):
+    counting = CountingPredictor(predictor)
+    with TestClient(create_app(counting, ServeSettings(backend="torch")), base_url="http://127.0.0.1:8000") as c:
+        for base in ("http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000", "http://LOCALHOST"):
+            assert c.get(f"{base}/api/v1/model").status_code == 200, base
+        for host in ("evil.example", "testserver", "127.0.0.1.evil.example", "localhost:8000.evil.example"):
+            message = _is_error(c.get("/api/v1/model", headers={"Host": host}), 400)
+            assert "does not answer to the host" in message and "--allowed-host" in message
+        assert "evil.example" in _is_error(c.get("/", headers={"Host": "evil.example:8000"}), 400)
+        foreign = c.post("/api/v1/segment", files={"file": ("f.png", png, "image/png")}, headers={"Host": "evil.example"})
+        _is_error(foreign, 400)
+        assert counting.frames == 0  # refused before the upload is read
+        assert _image(c, png).status_code == 200 and counting.frames == 1
+        with pytest.raises(WebSocketDisconnect) as closed:  # TestClient's WebSocket Host is 'testserver'
+            with c.websocket_connect("/api/v1/live") as ws:
+                ws.receive_json()
+        assert closed.value.code == 1008 and counting.frames == 1
+
+
+def test_allowed_host_option_adds_names_and_wildcards(predictor):
+    settings = ServeSettings(backend="torch", allowed_hosts=["Endo.Hospital.example", "*.ward.example", "10.1.2.3"])
+    with TestClient(create_app(predictor, settings), base_url="http://127.0.0.1") as c:
+        for host in ("endo.hospital.example", "endo.hospital.example:8000", "bed-4.ward.example", "10.1.2.3:8000",
+                     "127.0.0.1"):
+            assert c.get("/healthz", headers={"Host": host}).status_code == 200, host
+        for host in ("ward.example", "hospital.example", "endo.hospital.example.evil.example", "10.1.2.4"):
+            _is_error(c.get("/healthz", headers={"Host": host}), 400)
+    for bad, words in [("endo.example:8000", "without scheme, port"), ("http://endo.example", "without scheme"),
+                       ("a.example,b.example", "one name per"), ("endo*.example", "like '*.example.org'")]:
+        with pytest.raises(PolypsegError, match="--allowed-host") as err:
+            create_app(predictor, ServeSettings(allowed_hosts=[bad]))
+        assert words in str(err.value)
+
+
+def test_websocket_from_a_foreign_origin_is_refused_before_the_model_runs(predictor, png):
+    counting = CountingPredictor(predictor)
+    with TestClient(create_app(counting, ServeSettings(backend="torch", allowed_hosts=TESTSERVER))) as c:
+        for origin in ("http://evil.example", "http://testserver.evil.example", "null", "file://"):
+            with pytest.raises(WebSocketDisconnect) as closed:
+                with c.websocket_connect("/api/v1/live", headers={"Origin": origin}) as ws:
+                    ws.send_bytes(png)
+                    ws.receive_json()
+            assert closed.value.code == 1008, origin
+        assert counting.frames == 0
+        for origin in ("http://testserver", "http://127.0.0.1:8000", "https://localhost", None):  # same origin, no page
+            with c.websocket_connect("/api/v1/live", headers={"Origin": origin} if origin else {}) as ws:
+                ws.send_bytes(png)
+                assert ws.receive_json()["polyp_present"], origin
+        assert counting.frames == 4
+
+
+def test_real_server_refuses_foreign_host_and_origin(predictor):
+    import http.client
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with background_server(create_app(predictor)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for host, status in (("evil.example", 400), (f"127.0.0.1:{port}", 200)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", "/api/v1/model", headers={"Host": host})
+            answer = conn.getresponse()
+            assert answer.status == status and answer.headers["content-type"] == "application/json"
+            conn.close()
+        live = url.replace("http://", "ws://") + "/api/v1/live"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(live, origin="http://evil.example", open_timeout=30).close()
+        assert refused.value.response.status_code == 403
+        with connect(live, origin=url, open_timeout=30) as ws:
+            ws.send('{"threshold": 0.5}')  # accepted: a page of the server itself
+
+
+def test_cli_allowed_host(monkeypatch, capsys):
+    import uvicorn
+
+    from polypseg.cli import main
+
+    assert main(["serve", "--backend", "torch", "--allowed-host", "endo.example:8000"]) == 2
+    assert "--allowed-host 'endo.example:8000' is not a host name" in capsys.readouterr().err
+    apps = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: apps.append(self.config.app))
+    monkeypatch.setenv("POLYPSEG_TOKEN", "t0ken")
+    argv = ["serve", "--backend", "torch", "--host", "0.0.0.0",
+            "--allowed-host", "endo.example", "--allowed-host", "*.ward.example"]
+    assert main(argv) == 0
+    assert "endo.example, *.ward.example" in capsys.readouterr().out
+    with TestClient(apps[0], base_url="http://endo.example", headers={"Authorization": "Bearer t0ken"}) as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/healthz", headers={"Host": "bed-4.ward.example"}).status_code == 200
+        _is_error(c.get("/healthz", headers={"Host": "evil.example"}), 400)
+
+
+# --- decompression bombs: a tiny file that declares a huge image gets the 400, not a 500 -------------
+
+def _bomb(kind: str, width: int, height: int) -> bytes:
+    """A valid tiny image of ``kind`` whose header is patched to declare width x height."""
     from PIL import Image
 
-    Image.new("L", (8000, 6000)).save(big, format="PNG")
-    with pytest.raises(PolypsegError, match="megapixels"):
-        decode_image(big.getvalue())
+    buf = io.BytesIO()
+    options = {"lossless": True} if kind == "webp" else {}  # lossless: the VP8L header
+    Image.new("L" if kind == "tiff" else "RGB", (16, 16)).save(buf, kind.upper(), **options)
+    data = bytearray(buf.getvalue())
+    if kind == "png":  # IHDR: width, height, then its CRC
+        data[16:24] = struct.pack(">II", width, height)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    elif kind == "jpeg":  # SOF0: height, width
+        at = data.index(b"\xff\xc0")
+        data[at + 5:at + 9] = struct.pack(">HH", height, width)
+    elif kind == "bmp":
+        data[18:26] = struct.pack("<ii", width, height)
+    elif kind == "webp":  # VP8L: 14 bits each, minus one
+        assert data[12:16] == b"VP8L" and data[20] == 0x2F
+        bits = struct.unpack("<I", data[21:25])[0]
+        data[21:25] = struct.pack("<I", (width - 1) | (height - 1) << 14 | bits & ~((1 << 28) - 1))
+    elif kind == "tiff":  # tags ImageWidth (256) and ImageLength (257) of the first IFD
+        end = "<" if data[:2] == b"II" else ">"
+        ifd = struct.unpack(end + "I", data[4:8])[0]
+        for k in range(struct.unpack(end + "H", data[ifd:ifd + 2])[0]):
+            at = ifd + 2 + 12 * k
+            tag, kind_of_value = struct.unpack(end + "HH", data[at:at + 4])
+            if tag in (256, 257):
+                value = width if tag == 256 else height
+                short = kind_of_value == 3
+                data[at + 8:at + 12] = struct.pack(end + "HH", value, 0) if short else struct.pack(end + "I", value)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind, width, height", [
+    ("png", 30000, 30000), ("png", 8000, 6000), ("jpeg", 30000, 30000), ("tiff", 30000, 30000),
+    ("webp", 16384, 16384), ("bmp", 30000, 30000),
+])
+def test_decode_image_refuses_a_decompression_bomb_from_its_header(kind, width, height):
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    data = _bomb(kind, width, height)
+    assert len(data) < 2000
+    begin = time.perf_counter()
+    with pytest.raises(PolypsegError, match=f"^the image is {width}x{height}, over 40 megapixels"):
+        decode_image(data)
+    assert time.perf_counter() - begin < 1  # nothing was decoded
+    assert Image.MAX_IMAGE_PIXELS == before  # a per-call check; Pillow's process-wide limit is left alone
+
+
+def test_bomb_upload_gets_the_400_and_the_server_keeps_serving(client, png):
+    bomb = _bomb("png", 30000, 30000)
+    message = _is_error(_image(client, bomb), 400)
+    assert message.startswith("the image is 30000x30000, over 40 megapixels")
+    with client.websocket_connect("/api/v1/live") as ws:
+        ws.send_bytes(bomb)
+        assert "30000x30000, over 40 megapixels" in ws.receive_json()["error"]
+        ws.send_bytes(png)
+        assert ws.receive_json()["polyp_present"]
+    assert _image(client, png).status_code == 200

@@ -214,7 +214,7 @@ def _serve(args) -> int:
     settings = ServeSettings(
         run=args.run, backend=args.backend, device=args.device, threads=args.threads, token=args.token,
         max_upload_mb=args.max_upload_mb, max_video_mb=args.max_video_mb, workers=args.workers,
-        max_pending=args.max_pending, max_jobs=args.max_jobs,
+        max_pending=args.max_pending, max_jobs=args.max_jobs, allowed_hosts=args.allowed_hosts,
     )
     serve(settings, host=args.host, port=args.port, insecure=args.insecure)
     return 0
@@ -350,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, help="CPU threads per inference (default: all cores)")
     sv.add_argument("--token", help="bearer token required on every request (default: $POLYPSEG_TOKEN)")
     sv.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
+    sv.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
+                    help="also answer requests (and browser WebSockets) naming this host, e.g. the server's name "
+                         "on the network; repeatable; '*.example.org' for every name under it (default: "
+                         "127.0.0.1, localhost, [::1] and --host; any other Host header gets 400)")
     sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image upload (default 20)")
     sv.add_argument("--max-video-mb", type=float, default=500.0, help="largest video upload (default 500)")
     sv.add_argument("--workers", type=int, default=2, help="inference threads for images and live frames")

@@ -5,9 +5,11 @@ FastAPI app (routers for the model, frames, video jobs, the live WebSocket and t
 it on uvicorn. The page in ``static/`` calls the same endpoints as any client, and every frame, whether
 uploaded, streamed live or part of a video, is described by ``polypseg.predict.describe``.
 
-Safe by default: loopback only unless told otherwise, an optional bearer token on every request, upload
-size limits, one JSON error shape, bounded concurrency (503 beyond), uploads in temporary folders removed
-when the request or job ends, and no access log (paths and file names never reach a log).
+Safe by default: loopback only unless told otherwise, answers only to allowed Host names (no DNS
+rebinding) and to WebSockets from no page or a page of an allowed host, an optional bearer token on every
+request, upload size limits, a pixel limit checked on the image header before decoding, one JSON error
+shape, bounded concurrency (503 beyond), uploads in temporary folders removed when the request or job
+ends, and no access log (paths and file names never reach a log).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import ipaddress
 import math
 import os
 import queue
+import re
 import shutil
+import socket
+import struct
 import tempfile
 import threading
 import time
@@ -34,7 +39,7 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
@@ -45,7 +50,9 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.websockets import WebSocketDisconnect
 
 from . import __version__
@@ -58,6 +65,7 @@ TOKEN_COOKIE = "polypseg_token"
 MAX_PIXELS = 40_000_000  # a decoded frame larger than this is refused before it takes the memory
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".y4m"}
 RESEARCH_NOTE = "For research only: not a medical device, not for diagnosis."
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # Host names always answered (IPv6 as Host carries it)
 
 
 @dataclass
@@ -75,6 +83,9 @@ class ServeSettings:
     max_pending: int = 64  # images/live frames in flight or waiting; beyond: 503 (live: frame dropped)
     max_jobs: int = 4  # video jobs waiting behind the running one; beyond: 503
     keep_jobs: int = 16  # finished video jobs whose results are kept; older ones are removed
+    # Host names answered besides LOOPBACK_HOSTS (``serve`` adds the address it binds to); a name, an IP,
+    # '*.example.org' for every name under example.org, or '*' for any (no DNS-rebinding protection)
+    allowed_hosts: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,6 +186,100 @@ def _given_token(scope, headers: dict[str, str]) -> tuple[str | None, bool]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# the host guard: the Host header must name this server, a WebSocket's page must come from it
+
+
+class HostGuard:
+    """ASGI middleware against DNS rebinding and cross-site WebSockets. Starlette's TrustedHostMiddleware
+    decides whether the Host header names this server; its refusal is answered in the app's JSON shape
+    (400), a WebSocket is closed with 1008 instead. A WebSocket opened by a web page (it carries an Origin
+    header) must come from a page of an allowed host; clients that are not browsers send no Origin."""
+
+    def __init__(self, app, allowed_hosts: list[str]):
+        self.app, self.allowed_hosts = app, allowed_hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        passed = False
+
+        async def allowed(scope, receive, _):
+            nonlocal passed
+            passed = True
+            await self._check_origin(scope, receive, send)
+
+        async def starlettes_answer(message):  # its plain-text 400, replaced by the JSON one below
+            pass
+
+        await TrustedHostMiddleware(allowed, self.allowed_hosts, www_redirect=False)(scope, receive, starlettes_answer)
+        if passed:
+            return
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
+        host = _one_line(Headers(scope=scope).get("host", ""))[:100]
+        await _error(400, f"this server does not answer to the host '{host}' (a guard against DNS rebinding); if "
+                          f"that is its real name, start polypseg serve with --allowed-host NAME")(scope, receive, send)
+
+    async def _check_origin(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            origin = Headers(scope=scope).get("origin")
+            if origin is not None and not origin_allowed(origin, self.allowed_hosts):
+                return await send({"type": "websocket.close", "code": 1008,
+                                   "reason": "the page's origin is not an allowed host (--allowed-host)"})
+        await self.app(scope, receive, send)
+
+
+def _host_name(name: str) -> str:
+    """One --allowed-host value as the Host header carries it (lower case, IPv6 in brackets)."""
+    text = name.strip().lower()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        address = ipaddress.ip_address(text)
+        return f"[{address.compressed}]" if address.version == 6 else address.compressed
+    except ValueError:
+        pass
+    wildcard = text.startswith("*.") or text == "*"
+    label = "[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+    if not (text == "*" or re.fullmatch(rf"(\*\.)?{label}(\.{label})*\.?", text)):
+        hint = ("wildcards must be like '*.example.org'" if "*" in text and not wildcard else
+                "give one name per --allowed-host, without scheme, port or path (e.g. --allowed-host endo.example.org)")
+        raise PolypsegError(f"--allowed-host '{_one_line(name)}' is not a host name: {hint}")
+    return text
+
+
+def allowed_hosts(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The Host names the app answers to: LOOPBACK_HOSTS and ``extra`` (checked; PolypsegError if one is
+    not a host name), without repeats."""
+    return list(dict.fromkeys([*LOOPBACK_HOSTS, *(_host_name(name) for name in extra)]))
+
+
+def origin_allowed(origin: str, hosts: list[str]) -> bool:
+    """Whether a WebSocket's Origin (``http://host:port``) is a page of an allowed host, by the rule that
+    TrustedHostMiddleware applies to the Host header (exact name, or '*.example.org' for names under it)."""
+    try:
+        parts = urlsplit(origin.strip())
+        name = parts.hostname
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not name:
+        return False  # 'null' (a sandboxed page, a file) and anything that is no web page
+    name = f"[{name}]" if ":" in name else name
+    return any(name == p or p == "*" or (p.startswith("*.") and name.endswith(p[1:])) for p in hosts)
+
+
+def _bind_names(host: str) -> list[str]:
+    """The names a server bound to ``host`` is reached by: that address, or for every address (0.0.0.0,
+    ::) the machine's name; other names and IPs need --allowed-host."""
+    if host in ("", "0.0.0.0", "::"):
+        try:
+            return [_host_name(socket.gethostname())]
+        except PolypsegError:
+            return []
+    return [host]
+
+
+# ---------------------------------------------------------------------------------------------------
 # inference: a few threads, a bounded number of frames waiting for them
 
 
@@ -207,19 +312,71 @@ class InferencePool:
 
 def decode_image(data: bytes) -> np.ndarray:
     """Uploaded bytes -> RGB uint8 H x W x 3; PolypsegError for an empty, unreadable, truncated or huge
-    file. Pillow, not OpenCV: OpenCV returns half a picture from a truncated JPEG without a word."""
+    file. Pillow, not OpenCV: OpenCV returns half a picture from a truncated JPEG without a word. The size
+    is checked from the header before anything is decoded (a 100 KB PNG may declare 30000 x 30000)."""
     if not data:
         raise PolypsegError("the uploaded file is empty (0 bytes)")
     try:
+        size = declared_size(data)
+        if size is not None:
+            _check_pixels(*size)
         with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise PolypsegError(f"the image is {im.width}x{im.height}, over {MAX_PIXELS // 10**6} megapixels")
+            _check_pixels(im.width, im.height)
             im.load()
             return np.asarray(im.convert("RGB"))
     except UnidentifiedImageError:
         raise PolypsegError("the file is not an image (PNG, JPEG, TIFF, BMP or WebP)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # a plugin's own check
+        raise PolypsegError(f"the image is over {MAX_PIXELS // 10**6} megapixels or over Pillow's limit "
+                            f"(Pillow: {_one_line(err)}); send a smaller image") from None
     except (OSError, SyntaxError, ValueError) as err:  # Pillow's words for truncated and corrupt files
         raise PolypsegError(f"the image cannot be decoded: {_one_line(err)}") from None
+
+
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise PolypsegError(f"the image is {width}x{height}, over {MAX_PIXELS // 10**6} megapixels; "
+                            "send a smaller image")
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) that an image file's header declares, None when no Pillow plugin reads it. Read as
+    ``Image.open`` reads it, plugin by plugin, but without Pillow's decompression-bomb check, whose limit
+    is process-wide (``Image.MAX_IMAGE_PIXELS``, left as it is) and which raises without saying the size;
+    nothing beyond the header is decoded. WebP's plugin makes its decoder, canvas included, as it opens:
+    its header is read here instead."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_size(data)
+    Image.init()
+    prefix = data[:16]
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        verdict = not accept or accept(prefix)
+        if not verdict or isinstance(verdict, str):  # a str: Pillow's "this plugin cannot read it" note
+            continue
+        try:
+            im = factory(io.BytesIO(data), "")
+        except (SyntaxError, IndexError, TypeError, struct.error, OSError, ValueError, EOFError):
+            continue
+        try:
+            return im.size
+        finally:
+            im.close()
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """The canvas size in a WebP file's first chunk (lossy VP8, lossless VP8L or extended VP8X)."""
+    chunk = data[12:16]
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = struct.unpack("<I", data[21:25])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(data) >= 30:
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    return None
 
 
 def segment_frame(predictor, image: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, dict]:
@@ -683,7 +840,8 @@ def index() -> FileResponse:
 def create_app(predictor_or_settings: Predictor | ServeSettings | None = None,
                settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI app. Give a loaded predictor (tests, the Python API) or settings to load one when the
-    app starts; ``settings`` carries the limits and the token (default: ServeSettings())."""
+    app starts; ``settings`` carries the limits, the token and the allowed hosts (default: ServeSettings(),
+    which answers to loopback names only)."""
     if isinstance(predictor_or_settings, ServeSettings):
         settings, predictor = predictor_or_settings, None
     else:
@@ -711,6 +869,7 @@ def create_app(predictor_or_settings: Predictor | ServeSettings | None = None,
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(Guard, token=settings.token, max_bytes=int(settings.max_upload_mb * 2**20),
                        max_video_bytes=int(settings.max_video_mb * 2**20))
+    app.add_middleware(HostGuard, allowed_hosts=allowed_hosts(settings.allowed_hosts))  # outermost: first
     return app
 
 
@@ -741,12 +900,16 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, in
             f"--host {host} exposes the server to the network: give a token (--token or {TOKEN_ENV}) so that "
             "every request must carry it, or pass --insecure on a network you trust."
         )
+    settings.allowed_hosts = allowed_hosts([*settings.allowed_hosts, *_bind_names(host)])  # checked before loading
     print(f"polypseg: loading the model ({settings.backend} on {settings.device})...", flush=True)
     app = create_app(load_predictor(settings), settings)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{port}/" + (f"?token={settings.token}" if settings.token else "")
     print(f"polypseg: open {url}  (API docs: http://{shown}:{port}/docs; Ctrl-C stops)\n"
           f"polypseg: {RESEARCH_NOTE}", flush=True)
+    if not _is_loopback(host):
+        print(f"polypseg: answering to the hosts {', '.join(settings.allowed_hosts)}; for another name or IP "
+              "that clients use: --allowed-host NAME", flush=True)
     uvicorn.Server(uvicorn_config(app, host, port)).run()
 
 
