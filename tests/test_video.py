@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import cv2
 import numpy as np
 import pytest
 
+from polypseg.alerts import AlertRule, track
 from polypseg.data import index_dataset, read_image
 from polypseg.errors import PolypsegError
-from polypseg.predict import Predictor
-from polypseg.video import CSV_FIELDS, open_source, run_video, write_clip
+from polypseg.predict import Prediction, Predictor
+from polypseg.video import CSV_FIELDS, EVENT_FIELDS, open_source, run_video, write_clip
 
 N = 12
 
@@ -50,6 +52,12 @@ def _leftovers(folder, *keep):
     return sorted(p.name for p in folder.iterdir() if p.name not in keep)
 
 
+def _outputs(name, alerts=False, video="mp4"):
+    """The files run_video leaves for the video NAME.mp4 (with ``alerts``: the thumbnails' folder too)."""
+    return sorted([f"{name}.csv", f"{name}.{video}", f"{name}.events.csv", f"{name}.summary.json"]
+                  + ([f"{name}.alerts"] if alerts else []))
+
+
 @pytest.mark.parametrize("size,backend", [(None, "torch"), ((350, 270), "onnxruntime")])
 def test_video_file_gives_playable_overlay_and_csv(sequence, tiny_checkpoint, tmp_path, size, backend):
     frames = sequence if size is None else [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in sequence]
@@ -65,8 +73,9 @@ def test_video_file_gives_playable_overlay_and_csv(sequence, tiny_checkpoint, tm
     assert all(float(r["latency_ms"]) > 0 and r["polyp_present"] in ("0", "1") for r in rows)
     assert all((float(r["area_fraction"]) > 0) == (r["polyp_present"] == "1") for r in rows)
     assert all((r["mean_confidence"] == "") == (r["polyp_present"] == "0") for r in rows)
-    assert _leftovers(out_dir) == ["overlay.csv", "overlay.mp4"]
+    assert _leftovers(out_dir, "overlay.alerts") == _outputs("overlay")
     assert all(p.stat().st_mode & 0o644 == 0o644 for p in out_dir.iterdir())
+    assert [float(r["time_ms"]) for r in rows] == pytest.approx([40 * i for i in range(N)])  # the file's 25 fps
 
 
 def _codec_and_frames(path):
@@ -85,7 +94,7 @@ def test_mp4_outputs_are_h264_that_browsers_play(sequence, tiny_checkpoint, tmp_
     out = tmp_path / "out" / "o.mp4"
     stats = run_video(clip, Predictor(tiny_checkpoint, backend="onnxruntime"), out, show_progress=False)
     assert stats.frames == 5 and _codec_and_frames(out) == ("h264", 5)
-    assert _leftovers(out.parent) == ["o.csv", "o.mp4"]
+    assert _leftovers(out.parent, "o.alerts") == _outputs("o")
 
 
 def test_csv_matches_the_model(sequence, tiny_checkpoint, tmp_path):
@@ -178,7 +187,8 @@ def test_interrupted_run_keeps_a_playable_file(failure, sequence, tiny_checkpoin
             run_video(clip, **kwargs)
     assert _video_info(out) == (4, (384, 288))
     assert len(_rows(out.with_suffix(".csv"))) == 4
-    assert _leftovers(out.parent) == ["o.csv", "o.mp4"]
+    assert _leftovers(out.parent, "o.alerts") == _outputs("o")
+    assert json.loads(out.with_suffix(".summary.json").read_text())["frames"] == 4
 
 
 def test_source_errors(tiny_checkpoint, tmp_path):
@@ -191,3 +201,107 @@ def test_source_errors(tiny_checkpoint, tmp_path):
         open_source("57")
     with pytest.raises(PolypsegError, match=".mp4 or .avi"):
         run_video(tmp_path, Predictor(tiny_checkpoint), out_path=tmp_path / "o.mov")
+
+
+class _Scripted(Predictor):
+    """The tiny model's masks with hand-made polyp scores (verdict at 0.5), frame by frame; Ctrl-C while
+    inferring frame ``stop_at`` (1-based)."""
+
+    def __init__(self, run, scores, stop_at=None):
+        super().__init__(run)
+        self.scores, self.stop_at, self.calls, self.done = scores, stop_at, 0, 0
+
+    def infer(self, x):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        return super().infer(x)
+
+    def finish(self, out, geometry, image_hw):
+        p = super().finish(out, geometry, image_hw)
+        score = self.scores[self.done]
+        self.done += 1
+        return Prediction(p.prob, score, score >= 0.5, p.head)
+
+
+# 25 fps (40 ms a frame): above at frames 3-9, a blip at 15-16 (40 ms < onset), above from frame 18 to the end
+SCRIPT = [0.1] * 3 + [0.9] * 7 + [0.1] * 5 + [0.9] * 2 + [0.1] + [0.9] * 6
+RULE = AlertRule(threshold=0.5, smoothing_ms=0, onset_ms=80, release_ms=80)
+
+
+def _events_file(path):
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == EVENT_FIELDS
+        return list(reader)
+
+
+@pytest.fixture
+def frame_folder(sequence, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(sequence + sequence):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), frame[:, :, ::-1])
+    return folder
+
+
+def test_alerts_files_agree_with_each_other_and_the_per_frame_csv(frame_folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out" / "o.avi"
+    stats = run_video(frame_folder, _Scripted(tiny_checkpoint, SCRIPT), out, alerts=RULE, show_progress=False)
+    assert stats.frames == len(SCRIPT) == 24
+    # by hand: crossing at frame 3 (120 ms), raised at 200 ms, below from 400 ms, lowered at 480 ms; the
+    # blip held back; crossing at 720 ms, raised at 800 ms, still on at the end: ends one frame after the last
+    assert [(e.first_crossing_ms, e.start_ms, e.end_ms) for e in stats.events] == [(120, 200, 480), (720, 800, 960)]
+
+    rows = _rows(out.with_suffix(".csv"))
+    assert [int(r["alert"]) for r in rows] == [5 <= i < 12 or i >= 20 for i in range(24)]
+    assert [float(r["polyp_score"]) for r in rows] == SCRIPT
+    _, recomputed = track([float(r["time_ms"]) for r in rows], [float(r["polyp_score"]) for r in rows], RULE,
+                          areas=[float(r["area_fraction"]) for r in rows])
+    assert recomputed == stats.events  # peak_frame: positions, here the frames' own indices
+
+    events = _events_file(out.with_suffix(".events.csv"))
+    assert [int(e["index"]) for e in events] == [1, 2]
+    for row, event in zip(events, stats.events):
+        for name, value in event.as_dict().items():
+            assert float(row[name]) == pytest.approx(value, abs=1e-3)
+        thumb = cv2.imread(str(out.parent / row["thumbnail"]))
+        assert thumb is not None and thumb.shape[:2] == (180, 240)
+    assert sorted(p.name for p in (out.parent / "o.alerts").iterdir()) == ["alert-001.jpg", "alert-002.jpg"]
+
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert summary == stats.summary
+    assert (summary["frames"], summary["duration_ms"], summary["fps"], summary["alerts"]) == (24, 960, 25, 2)
+    assert summary["alerts_per_minute"] == pytest.approx(2 / (960 / 60000))
+    assert summary["alerted_share"] == pytest.approx((280 + 160) / 960)
+    assert summary["rule"] == {"threshold": 0.5, "smoothing_ms": 0, "onset_ms": 80, "release_ms": 80}
+    assert _leftovers(out.parent) == _outputs("o", alerts=True, video="avi")
+
+    # the overlay's amber border while an alert is on (MJPG: compare roughly)
+    cap = cv2.VideoCapture(str(out))
+    frames = [cv2.cvtColor(cap.read()[1], cv2.COLOR_BGR2RGB) for _ in range(24)]
+    cap.release()
+    bottom = [f[-2:].reshape(-1, 3).mean(axis=0) for f in frames]
+    amber = np.array([255, 176, 0])
+    assert [bool(np.abs(b - amber).max() < 40) for b in bottom] == [r["alert"] == "1" for r in rows]
+
+
+def test_interrupted_run_ends_the_open_alert(frame_folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "o.mp4"
+    stats = run_video(frame_folder, _Scripted(tiny_checkpoint, SCRIPT, stop_at=23), out, alerts=RULE,
+                      show_progress=False)
+    assert stats.interrupted and stats.frames == 22  # frames 0-21: the second alert was on from frame 20
+    assert [(e.start_ms, e.end_ms) for e in stats.events] == [(200, 480), (800, 880)]
+    assert len(_events_file(out.with_suffix(".events.csv"))) == 2
+    assert json.loads(out.with_suffix(".summary.json").read_text())["interrupted"] is True
+    assert len(list((tmp_path / "o.alerts").iterdir())) == 2
+
+
+def test_default_rule_takes_the_model_operating_point(sequence, tiny_checkpoint, tmp_path):
+    clip = write_clip(sequence[:4], tmp_path / "clip.mp4")
+    predictor = Predictor(tiny_checkpoint)
+    stats = run_video(clip, predictor, tmp_path / "o.mp4", show_progress=False)
+    assert stats.rule == AlertRule().resolved(predictor.operating_point)
+    assert stats.summary["operating_point"] == pytest.approx(predictor.operating_point)
+    with pytest.raises(PolypsegError, match="onset"):
+        run_video(clip, predictor, tmp_path / "p.mp4", alerts=AlertRule(onset_ms=-5))

@@ -6,8 +6,9 @@ The Python API is a few calls::
     cfg = polypseg.from_preset("cpu-fast", data="../shared/data/cvc-clinicdb")
     run = polypseg.train(cfg, "runs/first")            # a run folder
     model, cfg = polypseg.load_model(run)               # an smp nn.Module and its Config
-    predictor = polypseg.Predictor(run)                 # RGB frame of any size -> probability map
-    polypseg.describe(predictor.predict_prob(frame), predictor.threshold)  # area, regions, confidence, polygons
+    predictor = polypseg.Predictor(run)                 # RGB frame of any size -> Prediction
+    result = predictor.predict(frame)                   # .prob (H x W), .score, .polyp_present (the verdict)
+    polypseg.describe(result, predictor.threshold)      # verdict, score, area, regions, confidence, polygons
     summary = polypseg.evaluate(run)                    # metrics + report of the split's test side
 """
 
@@ -24,10 +25,14 @@ _API = {
     "PRESETS": "config",
     "PolypsegError": "errors",
     "train": "train",
+    "calibrate": "train",
     "load_model": "model",
     "build_model": "model",
     "Predictor": "predict",
     "describe": "predict",
+    "AlertRule": "alerts",
+    "AlertTracker": "alerts",
+    "run_video": "video",
     "evaluate": "evaluate",
     "index_dataset": "data",
     "make_split": "splits",

@@ -49,6 +49,16 @@ CONFIG_HELP = {
     "limit_batches": "batches per epoch (smoke tests)",
     "skip_bad": "leave out unreadable image/mask pairs (listed in RUN/left_out.csv) instead of stopping",
     "in_channels": "input channels",
+    "val_size": "validation size when the split is made here: a count or a fraction (default: the strategy's)",
+    "crop": "cut every frame to its endoscopic image (black borders, side panels) before the model",
+    "corner": "black out this lower-left corner of the endoscopic image in every frame (height, width fractions)",
+    "aux_head": "an image-level polyp/no-polyp head on the encoder, trained with the mask",
+    "verdict": "polyp score per frame: head (image-level head) | peak (highest pixel probability) | area",
+    "verdict_threshold": "operating point on the polyp score (default: chosen on validation for --verdict-sensitivity)",
+    "verdict_sensitivity": "share of validation polyp frames the chosen operating point keeps flagged (default 0.95)",
+    "negatives": "folder of polyp-free frames (images, no masks); repeatable; split like the data, sequences kept whole",
+    "negatives_fraction": "share of polyp-free frames in each epoch (default: every one once per epoch)",
+    "negatives_mask_weight": "weight of the mask loss on polyp-free frames (the head learns them at full weight)",
 }
 
 
@@ -61,15 +71,17 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         kw: dict = dict(default=None, help=CONFIG_HELP.get(f.name, ""))
-        if f.name == "data":
+        if f.name in ("data", "negatives"):
             g.add_argument(flag, action="append", metavar="DIR", **kw)
+        elif f.name == "corner":
+            g.add_argument(flag, type=float, nargs=2, metavar=("H", "W"), **kw)
         elif kind is bool:
             g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name in ("mean", "std"):
             g.add_argument(flag, type=float, nargs=3, metavar="X", **kw)
         elif kind in (int, int | None):
             g.add_argument(flag, type=int, **kw)
-        elif kind is float:
+        elif kind in (float, float | None):
             g.add_argument(flag, type=float, **kw)
         else:
             g.add_argument(flag, type=str, **kw)
@@ -89,7 +101,7 @@ def _data_check(args) -> int:
 
     usable = True
     for i, folder in enumerate(args.dirs):
-        report = check_dataset(folder)
+        report = check_dataset(folder, negatives=args.negatives)
         print(("\n" if i else "") + report.table())
         usable = usable and report.usable
     return 0 if usable else 1
@@ -151,20 +163,30 @@ def _evaluate(args) -> int:
 
     common = dict(out=args.output, tta=args.tta, threshold=args.threshold, bootstrap=args.bootstrap,
                   pranet_mdice=args.pranet_mdice, device=args.device, skip_bad=args.skip_bad)
-    if args.test_set:
+    if args.test_set or args.negatives:
         if args.data or args.split or args.all:
-            raise PolypsegError("--test-set names the test sets itself; drop --data, --split and --all.")
-        summary = evaluate_sets(args.run, args.test_set, **common)
+            raise PolypsegError("--test-set and --negatives name the test sets themselves; drop --data, --split and --all.")
+        summary = evaluate_sets(args.run, args.test_set, negative_sets=args.negatives, **common)
     else:
         summary = evaluate(args.run, data=args.data, split=args.split, all_pairs=args.all, **common)
     print(format_summary_table(summary))
     return 0
 
 
+def _calibrate(args) -> int:
+    from .train import calibrate
+
+    calibrate(args.run, sensitivity=args.sensitivity)
+    return 0
+
+
 def _compare(args) -> int:
-    from .compare import compare, format_compare
+    from .compare import compare, compare_frames, format_compare, format_compare_frames
 
     print(format_compare(compare(args.a, args.b, metric=args.metric, resamples=args.bootstrap), args.a, args.b))
+    frames = format_compare_frames(compare_frames(args.a, args.b, resamples=args.bootstrap))
+    if frames:
+        print("\n" + frames)
     return 0
 
 
@@ -197,12 +219,15 @@ def _predict(args) -> int:
 
 
 def _video(args) -> int:
+    from .alerts import AlertRule
     from .video import output_paths, run_video
 
+    rule = AlertRule(threshold=args.alert_threshold, smoothing_ms=args.alert_smoothing_ms,
+                     onset_ms=args.alert_onset_ms, release_ms=args.alert_release_ms)
     output_paths(args.output, args.csv)  # checked before the model loads
     stats = run_video(
         args.source, _predictor(args), args.output, csv_path=args.csv, max_frames=args.max_frames,
-        show_progress=not args.no_progress,
+        show_progress=not args.no_progress, alerts=rule,
     )
     print(stats)
     return 0
@@ -248,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="read every pair and report what is there and what is wrong")
     c.add_argument("dirs", nargs="+", metavar="DIR",
                    help="dataset folder(s) (images/ + masks/, CVC-ClinicDB Original/ + Ground Truth/, ...)")
+    c.add_argument("--negatives", action="store_true",
+                   help="the folders hold polyp-free frames without masks (as given to train --negatives)")
     c.set_defaults(func=_data_check)
     s = dsub.add_parser("split", help="write a train/val/test split JSON")
     s.add_argument("dirs", nargs="+", metavar="DIR", help="dataset folder(s); each is split on its own")
@@ -284,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="metrics, per-image results and a report for a trained run")
     eval_flags(e)
+    e.add_argument("--negatives", action="append", metavar="DIR[:SIDE]",
+                   help="a test set of polyp-free frames without masks (frame level: specificity, AUC); repeatable")
     e.add_argument("--test-set", action="append", metavar="DIR[:SIDE]",
                    help="a test set: every pair of DIR, or DIR:test for that folder's frames on the test side of "
                    "the run's split; give it once per set for one table of all (default for a run trained on "
@@ -298,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0: off)")
     e.add_argument("-o", "--output", help="evaluation folder (default: RUN/eval-<split>)")
     e.set_defaults(func=_evaluate)
+
+    cb = sub.add_parser("calibrate", help="choose the threshold and the verdict's operating point again on the run's validation side")
+    cb.add_argument("--run", required=True, help="run folder written by `polypseg train`")
+    cb.add_argument("--sensitivity", type=float, help="share of validation polyp frames to keep flagged (default: the run's, 0.95)")
+    cb.set_defaults(func=_calibrate)
 
     cp = sub.add_parser("compare", help="two evaluations of the same images: paired difference B - A with its CI")
     cp.add_argument("a", metavar="EVAL_A", help="evaluation folder of model A (`polypseg evaluate -o DIR`)")
@@ -339,6 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
     vd.add_argument("--csv", help="per-frame CSV (default: beside the video)")
     vd.add_argument("--max-frames", type=int, help="stop after this many frames")
     vd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .alerts import DEFAULT_ONSET_MS, DEFAULT_RELEASE_MS, DEFAULT_SMOOTHING_MS
+
+    al = vd.add_argument_group("alerts", "when the polyp score raises an alert (timed by the frames' timestamps)")
+    al.add_argument("--alert-threshold", type=float, metavar="T",
+                    help="alert when the smoothed polyp score is at or above this (default: the model's operating point)")
+    al.add_argument("--alert-smoothing-ms", type=float, default=DEFAULT_SMOOTHING_MS, metavar="MS",
+                    help=f"time constant of the score's moving average, 0: none (default {DEFAULT_SMOOTHING_MS:g})")
+    al.add_argument("--alert-onset-ms", type=float, default=DEFAULT_ONSET_MS, metavar="MS",
+                    help=f"the smoothed score stays above this long before an alert starts (default {DEFAULT_ONSET_MS:g})")
+    al.add_argument("--alert-release-ms", type=float, default=DEFAULT_RELEASE_MS, metavar="MS",
+                    help=f"and below this long before it ends (default {DEFAULT_RELEASE_MS:g})")
     vd.set_defaults(func=_video)
 
     sv = sub.add_parser("serve", help="web app and HTTP API: images, video and the live camera in a browser")
