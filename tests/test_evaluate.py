@@ -122,9 +122,13 @@ def test_evaluate_all_pairs_of_odd_sized_frames(tiny_checkpoint, data_dir, tmp_p
     rows = _rows(out / "per_image.csv")
     assert [r["id"] for r in rows] == [*FRAMES, "nopolyp"]
     assert all((r["height"], r["width"]) == ("270", "350") for r in rows)
-    assert [r["gt_empty"] for r in rows] == ["0", "0", "0", "0", "1"]
+    # the frame without a polyp counts at frame level only: segmentation means run over polyp frames
+    assert [r["gt_empty"] for r in rows] == ["0", "0", "0", "0", ""]
+    assert [r["polyp"] for r in rows] == ["1", "1", "1", "1", "0"]
     assert summary["selection"]["side"] == "all" and summary["per_sequence"] == {}
-    assert summary["n_gt_empty"] == 1
+    assert summary["n_seg_images"] == 4 and summary["frame"]["n_polyp_free"] == 1
+    dice = [float(r["dice"]) for r in rows[:4]]
+    assert summary["metrics"]["per-image"]["dice"] == pytest.approx(sum(dice) / 4)
     assert out.stat().st_mode & 0o777 == root.stat().st_mode & 0o777  # as readable as a folder made by hand
 
     # the numbers are those of the prediction at the frame's own size

@@ -189,7 +189,7 @@ def test_killed_video_leaves_only_whole_files(sig, tiny_checkpoint, data_dir, tm
     _interrupt_while_writing(["video", str(clip), "--run", str(tiny_checkpoint), "-o", str(out / "o.mp4")],
                              out, ".o.mp4.*", sig, random.Random(sig))
     finals = _final_names(out)
-    assert {p.name for p in finals} <= {"o.mp4", "o.csv"}
+    assert {p.name for p in finals} <= {"o.mp4", "o.csv", "o.events.csv", "o.summary.json", "o.alerts"}
     if finals:  # a Ctrl-C keeps the frames done: a playable video and its CSV, row for row
         with (out / "o.csv").open() as f:
             rows = list(csv.DictReader(f))

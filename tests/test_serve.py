@@ -202,10 +202,10 @@ class GatedPredictor:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def predict_prob(self, image):
+    def predict(self, image):
         self.entered.release()
         self.gate.wait(30)
-        return self.inner.predict_prob(image)
+        return self.inner.predict(image)
 
     def infer(self, x):
         self.entered.release()
@@ -370,9 +370,9 @@ class CountingPredictor:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def predict_prob(self, image):
+    def predict(self, image):
         self.frames += 1
-        return self.inner.predict_prob(image)
+        return self.inner.predict(image)
 
 
 def test_foreign_host_is_refused_and_loopback_names_answered(predictor, png):

@@ -212,7 +212,7 @@ def stage_costs(clip: Path, predictor: Predictor, out: Path) -> list[dict[str, A
 
     def draw(item):
         (x, fitted), image, prob = item
-        mask = Predictor.finish(prob, fitted, image.shape[:2]) >= threshold
+        mask = predictor.finish(prob, fitted, image.shape[:2]).mask(threshold)
         return draw_overlay(image, mask, float(mask.mean()), 30.0)
 
     drawn, overlay_ms = _timed(draw, list(zip(prepared, images, probs)))

@@ -17,6 +17,7 @@ from .files import atomic_write_text
 
 DEFAULT_DATA = "../shared/data/cvc-clinicdb"
 RESIZE_MODES = ("fit", "stretch")
+VERDICTS = ("head", "peak", "area")
 
 
 @dataclass
@@ -34,11 +35,25 @@ class Config:
     mean: tuple[float, float, float] | None = None  # None: what the encoder's weights were trained with
     std: tuple[float, float, float] | None = None
     threshold: float | None = None  # None: chosen on the validation side after training (0.5 without one)
+    # the frame as towers send it: the model sees the endoscopic image only (black borders and side panels
+    # cut away, polypseg.crop), with the lower-left corner (height, width fractions of that image) blacked
+    # out in every frame, where scope-guide boxes sit; predictions map back to the whole frame
+    crop: bool = False
+    corner: tuple[float, float] | None = None
+    # the verdict per frame (polyp_present): a polyp score, its source and the operating point
+    aux_head: bool = False  # an image-level polyp/no-polyp head on the encoder (smp aux_params), trained with the mask
+    verdict: str = "peak"  # head: the image-level head | peak: highest pixel probability | area: polyp fraction
+    verdict_threshold: float | None = None  # None: chosen on the validation side (peak without one: the mask threshold)
+    verdict_sensitivity: float = 0.95  # the share of validation polyp frames the operating point keeps flagged
     # data: one folder, or several read together (each keeps its own split and leak count)
     data: str | list[str] = DEFAULT_DATA
     split: str | None = None  # split JSON (polypseg data split); None: made from split_strategy
     split_strategy: str = "sequence"
+    val_size: float | None = None  # validation side when the split is made here (count or fraction)
     fold: int | None = None  # for kfold split files
+    negatives: list[str] = field(default_factory=list)  # folders of polyp-free frames (no masks)
+    negatives_fraction: float | None = None  # share of polyp-free frames in each epoch; None: as many as there are
+    negatives_mask_weight: float = 1.0  # weight of the mask loss on polyp-free frames (the head always learns them)
     augment: str = "default"  # train augmentation preset: default | strong | light | none
     skip_bad: bool = False  # leave out unreadable pairs (listed) instead of refusing the data
     # optimisation
@@ -77,6 +92,21 @@ class Config:
             raise PolypsegError(f"Unknown resize mode '{self.resize}'. Valid: {', '.join(RESIZE_MODES)}.")
         if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
             raise PolypsegError(f"The threshold must lie between 0 and 1, got {self.threshold}.")
+        if self.verdict not in VERDICTS:
+            raise PolypsegError(f"Unknown verdict '{self.verdict}'. Valid: {', '.join(VERDICTS)}.")
+        if self.verdict == "head" and not self.aux_head:
+            raise PolypsegError("verdict 'head' needs the image-level head (aux_head=True, --aux-head).")
+        if self.verdict_threshold is not None and not 0.0 <= float(self.verdict_threshold) <= 1.0:
+            raise PolypsegError(f"The verdict threshold must lie between 0 and 1, got {self.verdict_threshold}.")
+        if self.negatives_fraction is not None and not 0.0 < float(self.negatives_fraction) < 1.0:
+            raise PolypsegError(
+                f"--negatives-fraction must lie strictly between 0 and 1, got {self.negatives_fraction}."
+            )
+        if self.corner is not None:
+            if len(self.corner) != 2 or not all(0.0 <= float(v) < 1.0 for v in self.corner):
+                raise PolypsegError(f"corner must be two fractions in [0, 1) (height, width), got {self.corner!r}.")
+            self.corner = (float(self.corner[0]), float(self.corner[1]))
+        self.negatives = [str(n) for n in ([self.negatives] if isinstance(self.negatives, str) else self.negatives)]
         if self.mean is None or self.std is None:
             from .weights import normalization
 
@@ -103,6 +133,15 @@ class Config:
     def decision_threshold(self) -> float:
         """The threshold a prediction uses: the chosen or given one, else 0.5."""
         return 0.5 if self.threshold is None else float(self.threshold)
+
+    @property
+    def operating_point(self) -> float:
+        """The polyp score at or above which a frame is called polyp_present: the chosen or given one, else
+        the mask threshold for ``peak`` (a polyp drawn = a polyp present, as before verdicts existed), 0.5
+        for the head's probability and 0.0 (any pixel) for ``area``."""
+        if self.verdict_threshold is not None:
+            return float(self.verdict_threshold)
+        return {"peak": self.decision_threshold, "head": 0.5, "area": 1e-9}[self.verdict]
 
     def replace(self, **changes: Any) -> "Config":
         values = {**self.to_dict(), **changes}
@@ -169,6 +208,22 @@ PRESETS["pranet"] = dict(
     split_strategy="pranet",
     epochs=12,
     loss="structure",
+)
+
+
+# The PraNet protocol, quiet on polyp-free frames: every frame cut to its endoscopic image with the corner
+# box blacked out, an image-level head beside the mask, 1000 polyp-free HyperKvasir frames split like the data
+# (random, no sequences), and a validation side (10% of each folder) on which the operating point is chosen.
+HYPERKVASIR_NEGATIVES = "../shared/data/hyperkvasir-negatives"
+PRESETS["pranet-quiet"] = dict(
+    PRESETS["pranet"],
+    val_size=0.1,
+    crop=True,
+    corner=(0.36, 0.36),
+    aux_head=True,
+    verdict="head",
+    negatives=[HYPERKVASIR_NEGATIVES],
+    negatives_mask_weight=0.0,
 )
 
 

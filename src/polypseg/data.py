@@ -12,6 +12,7 @@ Images are RGB uint8 ``H x W x 3``; masks are uint8 ``H x W`` with values {0, 1}
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import os
 from collections import Counter
@@ -24,6 +25,7 @@ import numpy as np
 import tifffile
 import torch
 from PIL import Image
+from .crop import picture, picture_mask
 from .errors import PolypsegError
 from .progress import progress
 
@@ -60,11 +62,21 @@ PRANET_TEST_FRAMES = (
 
 @dataclass(frozen=True)
 class Pair:
+    """One frame: its image, its mask (None for frames without one) and what is known of its content."""
+
     id: str
     image: Path
-    mask: Path
+    mask: Path | None
     sequence: int | None
     source: str = ""  # the dataset's name (its folder's name); ids carry it as "source/id" when several are read
+    # Frames without a mask: True = shows a polyp (counts for frame-level sensitivity only), False =
+    # polyp-free (every pixel background). None: the mask says (a frame with a mask).
+    polyp: bool | None = None
+
+    @property
+    def polyp_free(self) -> bool:
+        """A frame known to show no polyp without reading its mask (masked frames: read the mask)."""
+        return self.polyp is False
 
 
 @dataclass
@@ -80,6 +92,9 @@ class DatasetIndex:
     # Several folders read together (``index_dataset([A, B])``): name -> each folder's own index. The
     # pairs above are then all of theirs, with ids "name/id"; empty for a single folder.
     sources: dict[str, "DatasetIndex"] = field(default_factory=dict)
+    # "masks": image/mask pairs | "frames": frames without masks (polyp-free folders, or a frame-level set
+    # with positives/ and negatives/)
+    kind: str = "masks"
 
     @property
     def has_sequences(self) -> bool:
@@ -182,16 +197,7 @@ def _image_files(folder: Path) -> dict[str, Path]:
 
 def _scan(root: str | Path) -> DatasetIndex:
     """The index of ``root`` (possibly with no pairs: ``check_dataset`` reports that case)."""
-    given = Path(root).expanduser()
-    if not given.exists():
-        raise PolypsegError(f"The data folder {given} does not exist. Check the path.")
-    if not given.is_dir():
-        raise PolypsegError(f"{given} is a file, not a folder. Give the folder that holds the dataset.")
-    if not any(given.iterdir()):
-        raise PolypsegError(
-            f"The data folder {given} is empty. Put the frames in '{given}/images/' and their masks, with "
-            f"the same file names, in '{given}/masks/'."
-        )
+    given = _existing_folder(root)
     data_root, layout = _find_layout(given)
     image_dir, mask_dir = (_child(data_root, rel) for rel in LAYOUTS[layout])
     images, masks = _image_files(image_dir), _image_files(mask_dir)
@@ -207,6 +213,132 @@ def _scan(root: str | Path) -> DatasetIndex:
         sequence_source=source,
         pranet=pranet,
     )
+
+
+FRAME_LEVEL_FOLDERS = {"positives": True, "negatives": False}
+
+
+def _sequence_numbers(names: list[str]) -> dict[str, int]:
+    """Sequence names (numbers or words such as 'seq3') -> numbers 1, 2, ... in natural order."""
+    def key(name: str) -> tuple:
+        digits = "".join(c for c in name if c.isdigit())
+        return (name.rstrip("0123456789"), int(digits) if digits else -1, name)
+
+    return {name: n for n, name in enumerate(sorted(set(names), key=key), start=1)}
+
+
+def _frame_files(folder: Path) -> tuple[dict[str, Path], dict[str, int] | None, str | None]:
+    """(id -> image, id -> sequence or None, where the sequences came from) for a folder of frames
+    without masks: images directly in it or in ``images/``, or in sub-folders (one sub-folder = one
+    sequence, unless ``sequences.csv`` with ``sequence,id`` says otherwise)."""
+    direct = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    images_dir = _child(folder, "images")
+    if direct:
+        files, groups = _image_files(folder), None
+    elif images_dir is not None:
+        files, groups = _image_files(images_dir), None
+    else:
+        subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        files, groups = {}, {}
+        for sub in subs:
+            if not any(q.suffix.lower() in IMAGE_SUFFIXES for q in sub.iterdir()):
+                continue
+            for frame_id, path in _image_files(sub).items():
+                if frame_id in files:
+                    raise PolypsegError(
+                        f"{files[frame_id]} and {path} are both frame '{frame_id}'. Give every frame of {folder} "
+                        "its own file name."
+                    )
+                files[frame_id], groups[frame_id] = path, sub.name
+        if not files:
+            raise PolypsegError(
+                f"The folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}), directly, in images/ "
+                "or in sub-folders. Point polypseg at the folder of frames."
+            )
+    path = folder / SEQUENCES_CSV
+    if path.is_file():
+        rows = read_csv_rows(path, {"id", "sequence"}, "the columns 'sequence,id', one row per frame")
+        named = {normalize_id((r["id"] or "").strip()): (r["sequence"] or "").strip() for r in rows}
+        missing = sorted(set(files) - set(named), key=id_sort_key)
+        if missing:
+            raise PolypsegError(
+                f"{path} gives no sequence for {len(missing)} of the {len(files)} frames (e.g. "
+                f"{', '.join(missing[:5])}). Add them, or remove the file."
+            )
+        numbers = _sequence_numbers([named[i] for i in files])
+        return files, {i: numbers[named[i]] for i in files}, SEQUENCES_CSV
+    if groups:
+        numbers = _sequence_numbers(list(groups.values()))
+        return files, {i: numbers[g] for i, g in groups.items()}, "sub-folders"
+    return files, None, None
+
+
+def scan_frames(root: str | Path, polyp: bool | None = None) -> DatasetIndex:
+    """A folder of frames without masks. ``polyp``: what they show (False: polyp-free frames, as given
+    with --negatives). A folder holding ``positives/`` and/or ``negatives/`` is a frame-level set: polyp
+    frames without masks and polyp-free frames, ids ``positives/ID`` and ``negatives/ID``."""
+    given = _existing_folder(root)
+    parts = {name: _child(given, name) for name in FRAME_LEVEL_FOLDERS}
+    parts = {name: folder for name, folder in parts.items() if folder is not None}
+    pairs: list[Pair] = []
+    source = None
+    if parts:
+        offset = 0
+        for name, folder in parts.items():
+            files, sequences, found = _frame_files(folder)
+            source = source or found
+            for frame_id in sorted(files, key=id_sort_key):
+                # sequences of each part numbered apart: a polyp frame never shares a sequence with a polyp-free one
+                seq = sequences[frame_id] + offset if sequences else None
+                pairs.append(Pair(f"{name}/{frame_id}", files[frame_id], None, seq,
+                                  polyp=FRAME_LEVEL_FOLDERS[name]))
+            offset += max(sequences.values()) if sequences else 0
+        # a frame-level set's sequences are known only if every part has them
+        if any(p.sequence is None for p in pairs):
+            pairs = [dataclasses.replace(p, sequence=None) for p in pairs]
+            source = None
+        layout = "+".join(parts)
+    else:
+        files, sequences, source = _frame_files(given)
+        pairs = [Pair(i, files[i], None, sequences[i] if sequences else None, polyp=polyp)
+                 for i in sorted(files, key=id_sort_key)]
+        layout = "frames"
+    return DatasetIndex(root=given, layout=layout, pairs=pairs, unpaired_images=[], unpaired_masks=[],
+                        sequence_source=source, kind="frames")
+
+
+def is_frame_folder(root: str | Path) -> bool:
+    """Whether ``root`` holds frames without masks rather than an image/mask layout."""
+    given = Path(root).expanduser()
+    if not given.is_dir():
+        return False
+    if any(_child(given, name) for name in FRAME_LEVEL_FOLDERS):
+        return True
+    try:
+        _find_layout(given)
+        return False
+    except PolypsegError:
+        pass
+    if _child(given, "masks") is not None:
+        return False  # half a dataset: the layout's own message says what is missing
+    try:
+        return bool(_frame_files(given)[0])
+    except (PolypsegError, OSError):
+        return False  # no frames either: the layout's own message says what was expected
+
+
+def _existing_folder(root: str | Path) -> Path:
+    given = Path(root).expanduser()
+    if not given.exists():
+        raise PolypsegError(f"The data folder {given} does not exist. Check the path.")
+    if not given.is_dir():
+        raise PolypsegError(f"{given} is a file, not a folder. Give the folder that holds the dataset.")
+    if not any(given.iterdir()):
+        raise PolypsegError(
+            f"The data folder {given} is empty. Put the frames in '{given}/images/' and their masks, with "
+            f"the same file names, in '{given}/masks/'."
+        )
+    return given
 
 
 def _no_pairs_message(index: DatasetIndex) -> str:
@@ -229,20 +361,32 @@ def data_folders(data: str | Path | Sequence[str | Path]) -> list[str]:
     return folders
 
 
-def index_dataset(root: str | Path | Sequence[str | Path]) -> DatasetIndex:
+def index_dataset(root: str | Path | Sequence[str | Path], negatives: Sequence[str | Path] = ()) -> DatasetIndex:
     """Find the layout under ``root``, pair images with masks by id, and attach sequences if known.
 
     ``root`` may be a list of folders: their pairs are read together, each frame's id becoming
     ``"name/id"`` (name: the dataset folder's name), and ``index.sources`` keeps every folder's own index
-    so that splits and the leak stay per folder.
+    so that splits and the leak stay per folder. ``negatives``: folders of polyp-free frames without
+    masks (``scan_frames``), read the same way beside them. A folder of ``positives/`` and
+    ``negatives/`` frames (a frame-level set) may be given as ``root`` too.
     """
     folders = data_folders(root)
     indexes = []
     for folder in folders:
-        index = _scan(folder)
-        if not index.pairs:
-            raise PolypsegError(_no_pairs_message(index))
+        if is_frame_folder(folder):
+            index = scan_frames(folder)
+            if any(p.polyp is None for p in index.pairs):
+                raise PolypsegError(
+                    f"{folder} holds frames without masks. If they are polyp-free, give the folder with "
+                    "--negatives DIR; a folder of frame-level labels holds positives/ and negatives/; for "
+                    "segmentation put masks in masks/ beside images/."
+                )
+        else:
+            index = _scan(folder)
+            if not index.pairs:
+                raise PolypsegError(_no_pairs_message(index))
         indexes.append(index)
+    indexes += [scan_frames(folder, polyp=False) for folder in negatives]
     if len(indexes) == 1:
         return indexes[0]
     return _combine(indexes)
@@ -256,9 +400,7 @@ def _combine(indexes: list[DatasetIndex]) -> DatasetIndex:
             f"Two data folders have the same name ({', '.join(clash)}), so their frames cannot be told apart in "
             "a split. Rename one of the folders, or give each data set once."
         )
-    pairs = [
-        Pair(f"{i.name}/{p.id}", p.image, p.mask, p.sequence, source=i.name) for i in indexes for p in i.pairs
-    ]
+    pairs = [dataclasses.replace(p, id=f"{i.name}/{p.id}", source=i.name) for i in indexes for p in i.pairs]
     return DatasetIndex(
         root=Path(os.path.commonpath([str(i.root.resolve()) for i in indexes])),
         layout="+".join(dict.fromkeys(i.layout for i in indexes)),
@@ -268,6 +410,7 @@ def _combine(indexes: list[DatasetIndex]) -> DatasetIndex:
         sequence_source=None,  # per folder: see sources
         pranet={f"{i.name}/{k}": v for i in indexes for k, v in i.pranet.items()},
         sources={i.name: i for i in indexes},
+        kind="masks" if any(i.kind == "masks" for i in indexes) else "frames",
     )
 
 
@@ -452,8 +595,17 @@ def _size_text(shape: tuple[int, ...]) -> str:
 
 
 def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB image, {0,1} mask) of one frame; the mask must have the image's size."""
+    """(RGB image, {0,1} mask) of one frame; the mask must have the image's size. A polyp-free frame
+    without a mask file has an all-background mask; a polyp frame without one cannot be loaded for
+    segmentation (it counts for frame-level measures only)."""
     image = read_image(pair.image)
+    if pair.mask is None:
+        if pair.polyp:
+            raise PolypsegError(
+                f"{pair.image} shows a polyp but has no mask, so it cannot be trained on or scored for Dice "
+                "(it counts for frame-level sensitivity only)."
+            )
+        return image, np.zeros(image.shape[:2], np.uint8)
     mask, _ = read_mask(pair.mask)
     if mask.shape != image.shape[:2]:
         raise PolypsegError(
@@ -505,6 +657,9 @@ def check_pair(pair: Pair) -> PairCheck:
         why = str(exc.__cause__ or exc)
         out.unreadable.append((pair.image, why))
         out.problems.append(f"Cannot read {pair.image}: {why}.")
+    if pair.mask is None:  # a frame without a mask: only the image is read
+        out.empty = pair.polyp is not True
+        return out
     try:
         mask, out.nonbinary = read_mask(pair.mask)
         out.empty = not mask.any()
@@ -560,6 +715,10 @@ class CheckReport:
     sequences: int
     sequence_source: str | None
     pranet_sides: Counter = field(default_factory=Counter)  # "train"/"test" -> frames
+    kind: str = "masks"  # "frames": a folder of frames without masks
+    polyp_free: int = 0  # frames known to show no polyp, without a mask file
+    polyp_unmasked: int = 0  # frames known to show a polyp, without a mask (frame-level sensitivity only)
+    unlabelled: int = 0  # frames without a mask of which nothing is known (a folder not given as --negatives)
 
     @property
     def problems(self) -> list[str]:
@@ -588,7 +747,13 @@ class CheckReport:
                 f"{self.nonbinary_masks} masks hold {self.nonbinary_pixels} pixels that are neither 0 nor 255 "
                 "(JPEG noise or stray values); they are thresholded at 128."
             )
-        if self.empty_masks:
+        if self.unlabelled:
+            out.append(
+                f"{self.unlabelled} frames have no mask. If they are polyp-free, use the folder with --negatives "
+                "(train, evaluate) and check it with `polypseg data check --negatives DIR`; for frame-level "
+                "labels put them in positives/ and negatives/; for segmentation add masks/."
+            )
+        if self.empty_masks and self.kind == "masks":
             out.append(
                 f"{len(self.empty_masks)} masks contain no polyp: {', '.join(self.empty_masks[:10])}"
                 + (" ..." if len(self.empty_masks) > 10 else "")
@@ -627,6 +792,10 @@ class CheckReport:
             "sequences": self.sequences,
             "sequence_source": self.sequence_source,
             "pranet_sides": dict(self.pranet_sides),
+            "kind": self.kind,
+            "polyp_free": self.polyp_free,
+            "polyp_unmasked": self.polyp_unmasked,
+            "unlabelled": self.unlabelled,
             "usable": self.usable,
             "problems": self.problems,
             "warnings": self.warnings,
@@ -640,7 +809,9 @@ class CheckReport:
         rows = [
             ("folder", str(self.root)),
             ("layout", self.layout),
-            ("pairs", str(self.pairs)),
+            ("pairs", str(self.pairs)) if self.kind == "masks" else ("frames (no masks)", str(self.pairs)),
+            *([("polyp-free frames", str(self.polyp_free)), ("polyp frames without masks", str(self.polyp_unmasked))]
+              if self.kind == "frames" else []),
             ("image sizes", sizes),
             ("unpaired files", f"{len(self.unpaired_images)} images, {len(self.unpaired_masks)} masks"),
             ("unreadable files", str(len(self.unreadable))),
@@ -659,9 +830,13 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_dataset(root: str | Path) -> CheckReport:
-    """Read every image and mask under ``root`` and report what would stop or mislead training."""
-    index = _scan(root)
+def check_dataset(root: str | Path, negatives: bool = False) -> CheckReport:
+    """Read every image and mask under ``root`` and report what would stop or mislead training.
+    A folder of frames without masks is read as such (``negatives``: they are polyp-free frames)."""
+    if negatives or is_frame_folder(root):
+        index = scan_frames(root, polyp=False if negatives else None)
+    else:
+        index = _scan(root)
     checks = check_pairs(index.pairs)
     by_hash: dict[str, list[str]] = {}
     for c in checks:
@@ -683,6 +858,10 @@ def check_dataset(root: str | Path) -> CheckReport:
         sequences=len({p.sequence for p in index.pairs}) if index.has_sequences else 0,
         sequence_source=index.sequence_source,
         pranet_sides=Counter(index.pranet.values()),
+        kind=index.kind,
+        polyp_free=sum(p.mask is None and p.polyp is False for p in index.pairs),
+        polyp_unmasked=sum(p.mask is None and p.polyp is True for p in index.pairs),
+        unlabelled=sum(p.mask is None and p.polyp is None for p in index.pairs),
     )
 
 
@@ -691,15 +870,19 @@ def check_dataset(root: str | Path) -> CheckReport:
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """Pairs -> ``dict(image=float32 3xHxW, mask=float32 1xHxW in {0,1}, id=str)``.
+    """Pairs -> ``dict(image=float32 3xHxW, mask=float32 1xHxW in {0,1}, polyp=float32 0/1, id=str)``.
 
     ``transform`` is an albumentations Compose from ``polypseg.transforms`` (it normalises); without one
-    the image is only scaled to [0, 1], which is meant for tests.
+    the image is only scaled to [0, 1], which is meant for tests. ``crop`` and ``corner``: each frame is
+    first cut to its endoscopic image and its corner blacked out (``polypseg.crop.picture``), the mask
+    alike. ``polyp`` is 1 when the frame shows a polyp (its mask is not empty), 0 for polyp-free frames.
     """
 
-    def __init__(self, pairs: Sequence[Pair], transform=None):
+    def __init__(self, pairs: Sequence[Pair], transform=None, crop: bool = False,
+                 corner: tuple[float, float] | None = None):
         self.pairs = list(pairs)
         self.transform = transform
+        self.crop, self.corner = crop, corner
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -707,6 +890,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         pair = self.pairs[i]
         image, mask = load_pair(pair)
+        polyp = float(mask.any())
+        if self.crop or self.corner:
+            image, box = picture(image, self.crop, self.corner)
+            mask = picture_mask(mask, box, self.corner)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
@@ -715,6 +902,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
             "mask": torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32)),
+            "polyp": torch.tensor(polyp, dtype=torch.float32),
             "id": pair.id,
         }
 

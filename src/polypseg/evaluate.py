@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from . import metrics
-from .data import Pair, index_dataset, load_pair, usable_pairs
+from .data import Pair, index_dataset, load_pair, read_image, scan_frames, usable_pairs
 from .errors import PolypsegError
 from .config import Config
 from .files import check_writable
@@ -104,7 +104,7 @@ def evaluate(
         check_writable(out, "the evaluation (-o)", folder=True)  # before the model loads
     weights = resolve_checkpoint(run)
     run_cfg = Config.from_dict(read_checkpoint_meta(weights)["config"])
-    if data is None and split is None and not all_pairs and isinstance(run_cfg.data, list):
+    if data is None and split is None and not all_pairs and (isinstance(run_cfg.data, list) or run_cfg.negatives):
         return evaluate_sets(run, None, out=out, tta=tta, threshold=threshold, bootstrap=bootstrap,
                              pranet_mdice=pranet_mdice, gallery=gallery, device=device, seed=seed,
                              progress=progress, skip_bad=skip_bad)
@@ -161,10 +161,15 @@ def parse_test_set(spec: str) -> tuple[str, str | None]:
     return str(spec), None
 
 
-def _test_set(spec: str, run_dir: Path, cfg) -> tuple[Any, list[Pair], dict[str, Any]]:
-    """(the folder's index, its pairs to evaluate, a description) for one test set."""
+def _test_set(spec: str, run_dir: Path, cfg, polyp_free: bool = False) -> tuple[Any, list[Pair], dict[str, Any]]:
+    """(the folder's index, its pairs to evaluate, a description) for one test set. ``polyp_free``: the
+    folder holds polyp-free frames without masks (so does a folder the run trained on as --negatives)."""
     folder, side = parse_test_set(spec)
-    index = index_dataset(folder)
+    trained_free = {str(Path(n).resolve()) for n in cfg.negatives}
+    if polyp_free or str(Path(folder).resolve()) in trained_free:
+        index = scan_frames(folder, polyp=False)
+    else:
+        index = index_dataset(folder)
     path = run_dir / "split.json"
     run_split = load_split(path) if path.is_file() else None
     if side is None:
@@ -211,11 +216,13 @@ def _ids_in_folder(split, ids: list[str], index) -> list[str]:
 
 
 def evaluate_sets(run: str | Path, test_sets: list[str] | None = None, out: str | Path | None = None,
-                  **options: Any) -> dict[str, Any]:
+                  negative_sets: list[str] | None = None, **options: Any) -> dict[str, Any]:
     """Evaluate ``run`` on several test sets, as the polyp literature reports: one row each.
 
     ``test_sets``: ``DIR`` (every pair of a folder) or ``DIR:SIDE`` (that folder's frames on a side of the
-    run's split); default: the test side of each folder the run trained on. ``options``: the keyword
+    run's split); default: the test side of each folder the run trained on (polyp-free ones included).
+    ``negative_sets``: folders of polyp-free frames without masks, in the same ``DIR[:SIDE]`` form; a
+    folder of ``positives/`` and ``negatives/`` frames is a test set of its own (frame level only). ``options``: the keyword
     options of ``evaluate`` (tta, threshold, bootstrap, ...). Writes one sub-folder per set (as ``evaluate``
     does) and a combined summary.json, report.md and report.html with a section per set.
     """
@@ -231,10 +238,12 @@ def evaluate_sets(run: str | Path, test_sets: list[str] | None = None, out: str 
     predictor, weights, threshold, source = _prepare(run, device, tta, threshold, bootstrap)
     run_dir = weights.parent
     cfg = predictor.config
-    if not test_sets:
-        folders = cfg.data if isinstance(cfg.data, list) else [cfg.data]
+    if not test_sets and not negative_sets:
+        folders = (cfg.data if isinstance(cfg.data, list) else [cfg.data]) + list(cfg.negatives)
         test_sets = [f"{folder}:test" for folder in folders]
-    chosen = [_test_set(spec, run_dir, cfg) for spec in test_sets]  # every spec checked before any work
+    # every spec checked before any work
+    chosen = [_test_set(spec, run_dir, cfg) for spec in test_sets or []]
+    chosen += [_test_set(spec, run_dir, cfg, polyp_free=True) for spec in negative_sets or []]
     names = [selection["name"] for _, _, selection in chosen]
     if len(set(names)) != len(names):
         raise PolypsegError(f"Two test sets have the same name ({', '.join(names)}); give each one once.")
@@ -291,66 +300,222 @@ def _seen_in_training(run_dir: Path, index, cfg, data, ids: list[str]) -> int | 
     return len(set(ids) & set(s.train + s.val))
 
 
+def frame_label(pair: Pair, mask: np.ndarray) -> int:
+    """1 when the frame shows a polyp (its mask is not empty, or it is a polyp frame without a mask)."""
+    return int(pair.polyp) if pair.mask is None else int(mask.any())
+
+
+SEG_COLUMNS = ("gt_empty", "pred_empty", "tp", "fp", "fn", "tn", *metrics.METRICS, "hd95", "hd95_one_empty")
+
+
 def _evaluate_into(
     tmp: Path, predictor: Predictor, pairs: list[Pair], threshold: float, bootstrap: int,
     pranet_mdice: bool, gallery: int, seed: int, progress: bool,
 ) -> dict[str, Any]:
-    """Predict every pair, write per_image.csv and the figures into ``tmp``; the summary's numbers."""
+    """Predict every frame, write per_image.csv and the figures into ``tmp``; the summary's numbers.
+
+    Segmentation measures run over the polyp frames that have masks (the literature's mDice); every frame
+    counts at frame level: its polyp score, verdict and shown area, against whether it shows a polyp."""
     thresholds = metrics.DEFAULT_THRESHOLDS
-    rows, counts, curve_counts, hd = [], [], [], []
+    rows, counts, curve_counts, hd, seg_index = [], [], [], [], []
     sod = metrics.SodMeasures()
     start = time.perf_counter()
     for pair in progress_lines(pairs, desc="evaluate", unit="img", enabled=progress):
-        image, mask = load_pair(pair)
-        prob = predictor.predict_prob(image)
-        sod.add(prob, mask)
-        pred = prob >= threshold
-        c = metrics.confusion(pred, mask)
-        distance, one_empty = metrics.hd95(pred, mask)
-        curve_counts.append(metrics.threshold_counts(prob, mask, thresholds))
-        row = {
-            "id": pair.id, "sequence": pair.sequence, "height": mask.shape[0], "width": mask.shape[1],
-            "gt_empty": int(c[0] + c[2] == 0), "pred_empty": int(c[0] + c[1] == 0),
-            **dict(zip(("tp", "fp", "fn", "tn"), c.tolist())),
-            **{k: float(v) for k, v in metrics.scores(c).items()},
-            "hd95": distance, "hd95_one_empty": int(one_empty),
+        image, mask = load_pair(pair) if pair.mask is not None or pair.polyp is False else (read_image(pair.image), None)
+        prediction = predictor.predict(image)
+        prob = prediction.prob
+        label = int(pair.polyp) if mask is None else frame_label(pair, mask)
+        shown = prediction.mask(threshold)
+        row: dict[str, Any] = {
+            "id": pair.id, "sequence": pair.sequence, "height": image.shape[0], "width": image.shape[1],
+            "polyp": label, "polyp_score": prediction.score, "polyp_present": int(prediction.polyp_present),
+            "shown_area": float(shown.mean()), "head_score": prediction.head, "peak_probability": float(prob.max()),
+            "area_at_threshold": float((prob >= threshold).mean()), **{k: None for k in SEG_COLUMNS},
         }
-        if pranet_mdice:
-            row["pranet_mdice"] = float(metrics.pranet_dice_curve(prob, mask).mean())
+        if label and mask is not None and (pair.mask is not None):
+            pred = prob >= threshold
+            sod.add(prob, mask)
+            c = metrics.confusion(pred, mask)
+            distance, one_empty = metrics.hd95(pred, mask)
+            curve_counts.append(metrics.threshold_counts(prob, mask, thresholds))
+            row.update({
+                "gt_empty": int(c[0] + c[2] == 0), "pred_empty": int(c[0] + c[1] == 0),
+                **dict(zip(("tp", "fp", "fn", "tn"), c.tolist())),
+                **{k: float(v) for k, v in metrics.scores(c).items()},
+                "hd95": distance, "hd95_one_empty": int(one_empty),
+                "dice_shown": float(metrics.scores(metrics.confusion(shown, mask))["dice"]),
+            })
+            if pranet_mdice:
+                row["pranet_mdice"] = float(metrics.pranet_dice_curve(prob, mask).mean())
+            counts.append(c)
+            hd.append(distance)
+            seg_index.append(len(rows))
         rows.append(row)
-        counts.append(c)
-        hd.append(distance)
     seconds = time.perf_counter() - start
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    rows = [{k: r.get(k) for k in keys} for r in rows]
+    seg_rows = [rows[i] for i in seg_index]
 
-    counts = np.stack(counts)
-    hd = np.asarray(hd)
     summary: dict[str, Any] = {
         "format": SUMMARY_FORMAT,
         "n_images": len(rows),
-        "n_gt_empty": sum(r["gt_empty"] for r in rows),
-        "n_pred_empty": sum(r["pred_empty"] for r in rows),
-        "metrics": {r: metrics.reduce(counts, r) for r in metrics.REDUCTIONS},
-        "ci": None,
-        "hd95": {
-            "mean": float(hd.mean()), "median": float(np.median(hd)),
-            "n_one_empty": sum(r["hd95_one_empty"] for r in rows), "rule": metrics.HD95_RULE,
-        },
-        "pranet_mdice": float(np.mean([r["pranet_mdice"] for r in rows])) if pranet_mdice else None,
-        "sod": sod.results(),
+        "n_seg_images": len(seg_rows),
+        "frame": _frame_summary(rows, predictor, bootstrap, seed),
         "empty_rule": metrics.EMPTY_RULE,
-        "per_sequence": _per_sequence(rows),
-        "threshold_curve": metrics.threshold_curve(np.stack(curve_counts), thresholds),
         "timing": {"seconds": round(seconds, 3), "images_per_second": round(len(rows) / max(seconds, 1e-9), 3)},
+        "metrics": None, "ci": None, "hd95": None, "pranet_mdice": None, "sod": None, "per_sequence": {},
+        "threshold_curve": None, "n_gt_empty": 0, "n_pred_empty": 0,
     }
+    if seg_rows:
+        counts = np.stack(counts)
+        hd = np.asarray(hd)
+        summary.update({
+            "n_gt_empty": sum(r["gt_empty"] for r in seg_rows),
+            "n_pred_empty": sum(r["pred_empty"] for r in seg_rows),
+            "metrics": {r: metrics.reduce(counts, r) for r in metrics.REDUCTIONS},
+            "mdice_shown": float(np.mean([r["dice_shown"] for r in seg_rows])),
+            "hd95": {
+                "mean": float(hd.mean()), "median": float(np.median(hd)),
+                "n_one_empty": sum(r["hd95_one_empty"] for r in seg_rows), "rule": metrics.HD95_RULE,
+            },
+            "pranet_mdice": float(np.mean([r["pranet_mdice"] for r in seg_rows])) if pranet_mdice else None,
+            "sod": sod.results(),
+            "per_sequence": _per_sequence(seg_rows),
+            "threshold_curve": metrics.threshold_curve(np.stack(curve_counts), thresholds),
+        })
+        if bootstrap:
+            summary["ci"] = {
+                r: metrics.bootstrap_ci(counts, r, bootstrap, seed, extra={"hd95": hd} if r == "per-image" else None)
+                for r in metrics.REDUCTIONS
+            }
     if bootstrap:
-        summary["ci"] = {
-            r: metrics.bootstrap_ci(counts, r, bootstrap, seed, extra={"hd95": hd} if r == "per-image" else None)
-            for r in metrics.REDUCTIONS
-        }
         summary["bootstrap"] = {"resamples": bootstrap, "seed": seed, "level": 0.95}
     _write_csv(tmp / "per_image.csv", rows)
-    summary["gallery"] = _write_figures(tmp, rows, summary, threshold, predictor, pairs, gallery)
+    seg_pairs = [pairs[i] for i in seg_index]
+    summary["gallery"] = (_write_figures(tmp, seg_rows, summary, threshold, predictor, seg_pairs, gallery)
+                          if seg_rows else [])
+    summary["false_alarm_gallery"] = _write_frame_figures(tmp, rows, summary, threshold, predictor, pairs, gallery)
     return summary
+
+
+# Frame-level figures people ask for first: polyp-free frames with a drawn polyp covering this share of the frame.
+VISIBLE_AREA = 0.01
+# The sensitivity of the issue's target ("at the operating point that flags 95% of polyp frames").
+TARGET_SENSITIVITY = 0.95
+
+
+def _frame_summary(rows: list[dict[str, Any]], predictor: Predictor, bootstrap: int, seed: int) -> dict[str, Any]:
+    """Frame level: sensitivity and specificity at the model's operating point, ROC AUC with a bootstrap
+    interval, the ROC curve, and the false-alarm rate read off this set's ROC at 95% sensitivity."""
+    labels = np.array([r["polyp"] for r in rows])
+    score = np.array([r["polyp_score"] for r in rows], np.float64)
+    counts = metrics.frame_counts(score, labels, predictor.operating_point)
+    out: dict[str, Any] = {
+        "n_polyp": int(labels.sum()), "n_polyp_free": int((labels == 0).sum()),
+        "verdict": predictor.config.verdict, "operating_point": predictor.operating_point,
+        "counts": counts, **metrics.frame_rates(counts),
+        "auc": metrics.roc_auc(score, labels), "auc_ci": None, "roc": None, "fa_at_target": None,
+        "target_sensitivity": TARGET_SENSITIVITY, "operating_point_source": _operating_point_source(predictor),
+        "polyp_free_drawn": None, "polyp_free_drawn_visible": None,
+    }
+    # every score source the model has, judged on these frames (the verdict's source was fixed before)
+    sources = {"peak": "peak_probability", "area": "area_at_threshold"}
+    if rows and rows[0]["head_score"] is not None:
+        sources["head"] = "head_score"
+    out["auc_by_source"] = {name: metrics.roc_auc(np.array([r[col] for r in rows], np.float64), labels)
+                            for name, col in sources.items()}
+    free = labels == 0
+    if free.any():
+        area = np.array([r["shown_area"] for r in rows])[free]
+        out["polyp_free_drawn"] = float((area > 0).mean())
+        out["polyp_free_drawn_visible"] = float((area >= VISIBLE_AREA).mean())
+    if out["auc"] is not None:
+        out["roc"] = metrics.roc_points(score, labels)
+        out["auc_ci"] = metrics.roc_auc_ci(score, labels, bootstrap, seed) if bootstrap else None
+        point = metrics.operating_point_for(score, labels, TARGET_SENSITIVITY)
+        out["fa_at_target"] = metrics.frame_rates(metrics.frame_counts(score, labels, point))["false_alarm_rate"]
+    return out
+
+
+def _operating_point_source(predictor: Predictor) -> str:
+    cfg = predictor.config
+    if cfg.verdict_threshold is None:
+        return "default (no validation choice)"
+    meta = read_checkpoint_meta(predictor.checkpoint) if predictor.checkpoint is not None else {}
+    if meta.get("metrics", {}).get("operating_point_from") == "validation":
+        return f"chosen on the validation side for sensitivity {cfg.verdict_sensitivity:.2f}"
+    return "given"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _auc_text(frame: dict[str, Any]) -> str:
+    if frame["auc"] is None:
+        return "-"
+    ci = frame.get("auc_ci")
+    return f"{frame['auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _frame_blocks(summary) -> list[tuple]:
+    f = summary["frame"]
+    c = f["counts"]
+    text = (f"Does the frame show a polyp? {f['n_polyp']} polyp frames, {f['n_polyp_free']} polyp-free frames. "
+            f"Verdict '{f['verdict']}' (polyp score) at the operating point {f['operating_point']:.4f} "
+            f"({f['operating_point_source']}; never chosen on these frames): sensitivity {_pct(f['sensitivity'])} "
+            f"({c['tp']} of {c['tp'] + c['fn']} polyp frames flagged), specificity {_pct(f['specificity'])} "
+            f"({c['tn']} of {c['tn'] + c['fp']} polyp-free frames left quiet).")
+    if f["auc"] is not None:
+        others = ", ".join(f"{k} {v:.3f}" for k, v in f.get("auc_by_source", {}).items() if v is not None)
+        text += (f" ROC AUC {_auc_text(f)} (95% bootstrap interval, each kind of frame resampled on its own; "
+                 f"AUC of every score source on these frames: {others}). "
+                 f"Read off this set's own ROC, flagging {100 * f['target_sensitivity']:.0f}% of its polyp frames "
+                 f"would flag {_pct(f['fa_at_target'])} of its polyp-free frames (a reading, not an operating point).")
+    if f["polyp_free_drawn"] is not None:
+        text += (f" Polyp-free frames with any polyp pixel shown: {_pct(f['polyp_free_drawn'])}; with the shown polyp "
+                 f"covering at least {100 * VISIBLE_AREA:.0f}% of the frame: {_pct(f['polyp_free_drawn_visible'])}.")
+    b: list[tuple] = [("h", 2, "Frame level"), ("p", text)]
+    if f["roc"] is not None:
+        b.append(("img", "roc.png", "ROC curve, polyp vs polyp-free frames"))
+    if summary.get("false_alarm_gallery"):
+        b += [("p", "The polyp-free frames the model scores highest (worst first): the frame, and what the mask "
+                    "would draw at the threshold (yellow) whether or not the verdict shows it."),
+              ("img", "false_alarms.jpg", "worst false alarms")]
+    return b
+
+
+def _write_frame_figures(tmp, rows, summary, threshold, predictor, pairs, gallery) -> list[str]:
+    """roc.png (both kinds of frame present) and false_alarms.jpg: the polyp-free frames the model scores
+    highest, worst first. Returns the ids the gallery shows."""
+    frame = summary["frame"]
+    if frame["roc"] is not None:
+        fig = _figure(4.5, 4.2)
+        ax = fig.add_subplot()
+        roc = frame["roc"]
+        ax.plot(roc["fpr"], roc["tpr"], label=f"AUC {frame['auc']:.3f}")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        if frame["sensitivity"] is not None and frame["false_alarm_rate"] is not None:
+            ax.plot([frame["false_alarm_rate"]], [frame["sensitivity"]], "o", color="black",
+                    label=f"operating point {frame['operating_point']:.3f}")
+        ax.set(xlabel="polyp-free frames flagged (1 - specificity)", ylabel="polyp frames flagged (sensitivity)",
+               xlim=(0, 1), ylim=(0, 1.01), title=f"{frame['n_polyp']} polyp, {frame['n_polyp_free']} polyp-free frames")
+        ax.legend(loc="lower right")
+        _save(fig, tmp / "roc.png")
+    free = [i for i, r in enumerate(rows) if r["polyp"] == 0]
+    if gallery <= 0 or not free:
+        return []
+    worst = sorted(free, key=lambda i: (-rows[i]["polyp_score"], rows[i]["id"]))[:gallery]
+    lines = []
+    for i in worst:
+        image = read_image(pairs[i].image)
+        prediction = predictor.predict(image)
+        drawn = prediction.prob >= threshold
+        caption = (f"{rows[i]['id']}   score {rows[i]['polyp_score']:.3f}   "
+                   f"{'FLAGGED' if rows[i]['polyp_present'] else 'quiet'}   frame | what the mask would draw")
+        lines.append(_gallery_line(image, [image, overlay(image, drawn, YELLOW)], caption))
+    _write_jpeg(tmp / "false_alarms.jpg", lines)
+    return [rows[i]["id"] for i in worst]
 
 
 def _per_sequence(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -447,25 +612,20 @@ def _gallery_rows(rows: list[dict[str, Any]], k: int) -> list[int]:
     return order[: k // 2] + order[len(order) - (k - k // 2):]
 
 
-def _write_gallery(path, chosen, rows, predictor, pairs, threshold, height: int = 192) -> None:
-    """One PNG, a row per frame: the frame | ground truth (green) | prediction (yellow), captioned."""
-    lines = []
-    for i in chosen:
-        image, mask = load_pair(pairs[i])
-        pred = predictor.predict_prob(image) >= threshold
-        width = round(image.shape[1] * height / image.shape[0])
-        panels = [
-            cv2.resize(p, (width, height), interpolation=cv2.INTER_AREA)
-            for p in (image, overlay(image, mask, GREEN), overlay(image, pred, YELLOW))
-        ]
-        gap = np.full((height, 4, 3), 255, np.uint8)
-        line = np.hstack([panels[0], gap, panels[1], gap, panels[2]])
-        caption = np.full((22, line.shape[1], 3), 255, np.uint8)
-        text = f"{rows[i]['id']}   Dice {rows[i]['dice']:.3f}   frame | ground truth | prediction"
-        if len(chosen) < len(rows):
-            text = ("worst   " if chosen.index(i) < len(chosen) // 2 else "best   ") + text
-        cv2.putText(caption, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        lines.append(np.vstack([caption, line, np.full((6, line.shape[1], 3), 255, np.uint8)]))
+def _gallery_line(image: np.ndarray, panels: list[np.ndarray], caption: str, height: int = 192) -> np.ndarray:
+    """One gallery row: ``panels`` side by side at ``height`` pixels, ``caption`` above them."""
+    width = round(image.shape[1] * height / image.shape[0])
+    resized = [cv2.resize(p, (width, height), interpolation=cv2.INTER_AREA) for p in panels]
+    gap = np.full((height, 4, 3), 255, np.uint8)
+    line = resized[0]
+    for p in resized[1:]:
+        line = np.hstack([line, gap, p])
+    top = np.full((22, line.shape[1], 3), 255, np.uint8)
+    cv2.putText(top, caption, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([top, line, np.full((6, line.shape[1], 3), 255, np.uint8)])
+
+
+def _write_jpeg(path: Path, lines: list[np.ndarray]) -> None:
     width = max(line.shape[1] for line in lines)
     picture = np.vstack([np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255)
                          for line in lines])
@@ -473,11 +633,26 @@ def _write_gallery(path, chosen, rows, predictor, pairs, threshold, height: int 
     path.write_bytes(jpeg.tobytes())
 
 
+def _write_gallery(path, chosen, rows, predictor, pairs, threshold) -> None:
+    """One JPEG, a row per frame: the frame | ground truth (green) | prediction (yellow), captioned."""
+    lines = []
+    for i in chosen:
+        image, mask = load_pair(pairs[i])
+        pred = predictor.predict_prob(image) >= threshold
+        text = f"{rows[i]['id']}   Dice {rows[i]['dice']:.3f}   frame | ground truth | prediction"
+        if len(chosen) < len(rows):
+            text = ("worst   " if chosen.index(i) < len(chosen) // 2 else "best   ") + text
+        lines.append(_gallery_line(image, [image, overlay(image, mask, GREEN), overlay(image, pred, YELLOW)], text))
+    _write_jpeg(path, lines)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Text: terminal table, report.md and report.html from one list of blocks
 
 
 def _ci_text(summary, reduction: str, name: str) -> str:
+    if summary.get("metrics") is None:
+        return "-"
     value = summary["metrics"][reduction][name]
     if not summary.get("ci"):
         return f"{value:.3f}"
@@ -518,8 +693,7 @@ def _leak_line(summary) -> str:
 def _blocks(summary) -> list[tuple]:
     """The report as ("h"|"p"|"table"|"img", ...) blocks, rendered to Markdown and HTML alike."""
     n = summary["n_images"]
-    ci = summary.get("ci")
-    b: list[tuple] = [
+    head: list[tuple] = [
         ("h", 1, "polypseg evaluation"),
         ("p", f"Run `{summary['run']}`, {n} images: {_what_text(summary)}. Threshold "
               f"{summary['threshold']:.2f} ({summary['threshold_source']}); never chosen on these images. "
@@ -527,6 +701,15 @@ def _blocks(summary) -> list[tuple]:
               f"{summary['model']['encoder']} at {summary['model']['height']}x{summary['model']['width']}; "
               "metrics at each image's own size."),
         ("p", _leak_line(summary)),
+    ]
+    if summary.get("metrics") is None:
+        return head + [("p", "No polyp frame with a mask here: segmentation measures are not computed.")] + _frame_blocks(summary)
+    return head + _segmentation_blocks(summary) + _frame_blocks(summary)
+
+
+def _segmentation_blocks(summary) -> list[tuple]:
+    ci = summary.get("ci")
+    b: list[tuple] = [
         ("h", 2, "Metrics"),
         ("p", _headline(summary)),
         ("p", "Per-image: the metric on each image, then the mean over images (the polyp literature's "
@@ -553,8 +736,10 @@ def _blocks(summary) -> list[tuple]:
         b.append(("p", f"PraNet-style mDice (per-image Dice averaged over 256 thresholds of the min-max "
                        f"normalised map): {summary['pranet_mdice']:.3f}."))
     b += [
-        ("p", f"Empty masks: {summary['n_gt_empty']} image(s) without polyp in the ground truth, "
-              f"{summary['n_pred_empty']} with nothing predicted. {summary['empty_rule']}"),
+        ("p", f"Segmentation measures run over the {summary['n_seg_images']} polyp frames with masks (the "
+              f"literature's mDice); polyp-free frames count at frame level (below). {summary['n_pred_empty']} "
+              f"polyp frame(s) with nothing predicted. {summary['empty_rule']} mDice of the mask as shown (empty "
+              f"where the verdict says no polyp): {summary['mdice_shown']:.3f}."),
         ("p", f"Time: {summary['timing']['seconds']:.1f} s, {summary['timing']['images_per_second']:.2f} "
               f"images/s on {summary['device']}."),
         ("h", 2, "Per-image Dice"),
@@ -628,14 +813,18 @@ def _html(blocks, folder: Path) -> str:
 def _sets_table(sets: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """One row per test set: the literature's columns (per-image mDice and mIoU with CIs, the toolbox's
     measures), then how many of its frames the run trained on."""
-    header = ["test set", "images", "mDice", "mIoU"] + [label for label, _ in metrics.SOD_MEASURES.values()] + [
-        "trained on"]
+    header = (["test set", "images", "mDice", "mIoU"] + [label for label, _ in metrics.SOD_MEASURES.values()]
+              + ["polyp / free frames", "sensitivity", "specificity", "frame AUC", "flagged free @95% sens.",
+                 "trained on"])
     rows = []
     for t in sets:
         seen = t["selection"].get("seen_in_training")
+        f = t["frame"]
         rows.append([t["selection"]["name"], str(t["n_images"]), _ci_text(t, "per-image", "dice"),
                      _ci_text(t, "per-image", "iou")]
-                    + [f"{t['sod'][k]:.3f}" for k in metrics.SOD_MEASURES]
+                    + [f"{t['sod'][k]:.3f}" if t.get("sod") else "-" for k in metrics.SOD_MEASURES]
+                    + [f"{f['n_polyp']} / {f['n_polyp_free']}", _pct(f["sensitivity"]), _pct(f["specificity"]),
+                       _auc_text(f), _pct(f["fa_at_target"])]
                     + ["?" if seen is None else f"{seen} frames"])
     return header, rows
 
@@ -683,7 +872,10 @@ def format_sets_table(combined: dict[str, Any]) -> str:
     lines = text_table([header, *rows])
     first = combined["test_sets"][0]
     lines += ["", f"threshold {first['threshold']:.2f} ({first['threshold_source']}); mDice/mIoU: per-image means "
-                  "with 95% bootstrap intervals"]
+                  "over polyp frames with masks, with 95% bootstrap intervals",
+              f"frame level: verdict '{first['frame']['verdict']}' at operating point "
+              f"{first['frame']['operating_point']:.4f} ({first['frame']['operating_point_source']}); frame AUC with "
+              "95% bootstrap interval; 'flagged free @95% sens.': read off each set's own ROC"]
     lines += [f"{t['selection']['name']}: {_leak_line(t)}" for t in combined["test_sets"]]
     lines.append(f"report: {Path(combined['out']) / 'report.html'}")
     return "\n".join(lines)
@@ -694,6 +886,13 @@ def format_summary_table(summary: dict[str, Any]) -> str:
     if "test_sets" in summary:
         return format_sets_table(summary)
     n = summary["n_images"]
+    f = summary["frame"]
+    frame_line = (f"frame level: {f['n_polyp']} polyp / {f['n_polyp_free']} polyp-free frames; verdict '{f['verdict']}' "
+                  f"at {f['operating_point']:.4f}: sensitivity {_pct(f['sensitivity'])}, specificity "
+                  f"{_pct(f['specificity'])}, AUC {_auc_text(f)}")
+    if summary.get("metrics") is None:
+        return "\n".join([f"{n} images: {_what_text(summary)}", frame_line, "", _leak_line(summary),
+                          f"report: {Path(summary['out']) / 'report.html'}"])
     width = max(len(label) for label, _ in metrics.METRICS.values()) + 2
     lines = [
         f"{n} images: {_what_text(summary)}",
@@ -715,5 +914,5 @@ def format_summary_table(summary: dict[str, Any]) -> str:
         lines.append(f"{label:<{width}}{summary['sod'][k]:.3f}")
     if summary["pranet_mdice"] is not None:
         lines.append(f"{'PraNet mDice (256 thr.)':<{width}}{summary['pranet_mdice']:.3f}")
-    lines += ["", _leak_line(summary), f"report: {Path(summary['out']) / 'report.html'}"]
+    lines += ["", frame_line, "", _leak_line(summary), f"report: {Path(summary['out']) / 'report.html'}"]
     return "\n".join(lines)

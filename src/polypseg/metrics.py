@@ -158,6 +158,75 @@ def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Frame level: does a frame show a polyp? Scores of polyp frames (label 1) against polyp-free ones (0).
+
+
+def frame_counts(scores_: np.ndarray, labels: np.ndarray, operating_point: float) -> dict[str, int]:
+    """Frames flagged (score >= operating point) and missed, by label."""
+    s, y = np.asarray(scores_, np.float64), np.asarray(labels).astype(bool)
+    flagged = s >= operating_point
+    return {"tp": int((flagged & y).sum()), "fn": int((~flagged & y).sum()),
+            "fp": int((flagged & ~y).sum()), "tn": int((~flagged & ~y).sum())}
+
+
+def frame_rates(counts: dict[str, int]) -> dict[str, float | None]:
+    """Sensitivity (polyp frames flagged) and specificity (polyp-free frames left quiet); None where a set
+    has no frame of that kind."""
+    pos, neg = counts["tp"] + counts["fn"], counts["fp"] + counts["tn"]
+    return {"sensitivity": counts["tp"] / pos if pos else None,
+            "specificity": counts["tn"] / neg if neg else None,
+            "false_alarm_rate": counts["fp"] / neg if neg else None}
+
+
+def roc_auc(scores_: np.ndarray, labels: np.ndarray) -> float | None:
+    """Frame-level ROC AUC (scikit-learn; ties count half); None unless both kinds of frame are there."""
+    y = np.asarray(labels).astype(int)
+    if y.min(initial=1) == y.max(initial=0):
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, np.asarray(scores_, np.float64)))
+
+
+def roc_points(scores_: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
+    """The ROC curve: false-alarm rate, sensitivity and the score threshold of each point."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(np.asarray(labels).astype(int), np.asarray(scores_, np.float64))
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.minimum(thr, 1e9).tolist()}
+
+
+def roc_auc_ci(scores_: np.ndarray, labels: np.ndarray, resamples: int = 1000, seed: int = 0,
+               level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the AUC, polyp and polyp-free frames resampled each within its own
+    kind (stratified: every draw has both); None without both kinds."""
+    s, y = np.asarray(scores_, np.float64), np.asarray(labels).astype(bool)
+    pos, neg = s[y], s[~y]
+    if not len(pos) or not len(neg) or resamples <= 0:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    truth = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    draws = [roc_auc_score(truth, np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+             for _ in range(resamples)]
+    return _percentiles(np.asarray(draws), level)
+
+
+def operating_point_for(scores_: np.ndarray, labels: np.ndarray, sensitivity: float) -> float:
+    """The highest score threshold that still flags at least ``sensitivity`` of the polyp frames (choose it
+    on validation frames, never on test frames)."""
+    pos = np.sort(np.asarray(scores_, np.float64)[np.asarray(labels).astype(bool)])
+    if not len(pos):
+        raise PolypsegError("No polyp frame to choose an operating point on. Use a split with a validation side.")
+    if not 0.0 < sensitivity <= 1.0:
+        raise PolypsegError(f"The sensitivity must lie in (0, 1], got {sensitivity}.")
+    # flagging score >= t keeps every polyp frame from index k on: k <= n (1 - sensitivity)
+    k = int(np.floor(len(pos) * (1.0 - sensitivity) + 1e-9))
+    return float(pos[min(k, len(pos) - 1)])
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
     # the mask's pixels with a 4-neighbour outside it (the image border counts as outside)
     return mask & ~ndimage.binary_erosion(mask, border_value=0)

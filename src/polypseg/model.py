@@ -56,8 +56,14 @@ def check_names(arch: str, encoder: str) -> None:
         )
 
 
+def split_output(out) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A model's output -> (mask logits N x C x H x W, image-level head logits N x 1 or None)."""
+    return (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+
+
 def build_model(cfg: Config, load_weights: bool = True) -> torch.nn.Module:
-    """The network ``cfg`` describes; with ``load_weights``, its encoder gets ``cfg.encoder_weights``."""
+    """The network ``cfg`` describes; with ``load_weights``, its encoder gets ``cfg.encoder_weights``.
+    With ``cfg.aux_head`` it returns ``(mask logits, image logits)`` (``split_output`` takes either)."""
     from .weights import apply_encoder_weights
 
     check_names(cfg.arch, cfg.encoder)
@@ -67,6 +73,8 @@ def build_model(cfg: Config, load_weights: bool = True) -> torch.nn.Module:
         encoder_weights=None,  # weights are applied by polypseg.weights, which also works offline
         in_channels=cfg.in_channels,
         classes=cfg.classes,
+        # the image-level head: max pooling, so that one small polyp anywhere in the frame can carry it
+        aux_params=dict(classes=1, pooling="max", dropout=0.2) if cfg.aux_head else None,
     )
     if load_weights:
         apply_encoder_weights(model, cfg)

@@ -10,12 +10,14 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 import torch
 
+from .config import Config
+from .crop import Box, paste_back, picture
 from .data import collect_images, read_image
 from .errors import PolypsegError
 from .files import atomic_write, atomic_write_text, check_writable
@@ -95,30 +97,52 @@ class Predictor:
     def threshold(self) -> float:
         return self.config.decision_threshold
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Normalised float32 N x 3 x H x W (H, W multiples of 32) -> float32 N x H x W probabilities."""
+    @property
+    def operating_point(self) -> float:
+        """The polyp score at or above which a frame is ``polyp_present`` (stored in the checkpoint)."""
+        return self.config.operating_point
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Normalised float32 N x 3 x H x W (H, W multiples of 32) -> (float32 N x H x W probabilities,
+        float32 N head probabilities or None)."""
         return self.runner(x)
 
-    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-        """RGB uint8 H x W x 3 -> (normalised 3 x H' x W' input padded to /32, fitted size): step 1 of 3."""
-        return to_input(image, self.config)
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """RGB uint8 H x W x 3 -> (normalised 3 x H' x W' input padded to /32, where it came from): step 1
+        of 3. With the config's ``crop``/``corner`` the input is the endoscopic image, corner blacked out."""
+        cfg = self.config
+        seen, box = picture(image, cfg.crop, cfg.corner)
+        x, fitted = to_input(seen, cfg)
+        return x, Geometry(box, fitted)
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        """One prepared input -> its padded H' x W' probabilities (averaged over flips with TTA): step 2."""
+    def infer(self, x: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """One prepared input -> (its padded H' x W' probabilities, head probability or None), averaged
+        over flips with TTA: step 2."""
         if not self.tta:
-            return self.forward(x[None])[0]
-        p = self.forward(np.ascontiguousarray(np.stack([x, x[:, :, ::-1], x[:, ::-1, :]])))
-        return (p[0] + p[1][:, ::-1] + p[2][::-1, :]) / 3
+            prob, head = self.forward(x[None])
+            return prob[0], None if head is None else float(head[0])
+        p, head = self.forward(np.ascontiguousarray(np.stack([x, x[:, :, ::-1], x[:, ::-1, :]])))
+        return (p[0] + p[1][:, ::-1] + p[2][::-1, :]) / 3, None if head is None else float(head.mean())
 
-    @staticmethod
-    def finish(prob: np.ndarray, fitted: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
-        """Padded probabilities -> float32 probabilities at the frame's own size: step 3."""
-        return from_output(np.ascontiguousarray(prob, dtype=np.float32), fitted, image_hw)
+    def finish(self, out: tuple[np.ndarray, float | None], geometry: Geometry,
+               image_hw: tuple[int, int]) -> Prediction:
+        """Step 3: padded output -> the frame's ``Prediction`` (probabilities at the frame's own size, zero
+        outside the endoscopic image; polyp score and verdict)."""
+        padded, head = out
+        seen_hw = (geometry.box.height, geometry.box.width)
+        prob = from_output(np.ascontiguousarray(padded, dtype=np.float32), geometry.fitted, seen_hw)
+        prob = paste_back(prob, geometry.box, tuple(image_hw[:2]), self.config.corner)
+        score = polyp_score(self.config, prob, head)
+        return Prediction(prob, score, score >= self.operating_point, head)
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """RGB uint8 H x W x 3 -> its ``Prediction``: probability map, polyp score, ``polyp_present``."""
+        x, geometry = self.prepare(image)
+        return self.finish(self.infer(x), geometry, image.shape[:2])
 
     def predict_prob(self, image: np.ndarray) -> np.ndarray:
         """RGB uint8 H x W x 3 -> float32 H x W probabilities of 'polyp'."""
-        x, fitted = self.prepare(image)
-        return self.finish(self.infer(x), fitted, image.shape[:2])
+        return self.predict(image).prob
 
     def predict_mask(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """RGB uint8 H x W x 3 -> bool H x W polyp mask at the model's (or the given) threshold."""
@@ -126,21 +150,54 @@ class Predictor:
         return self.predict_prob(image) >= t
 
 
+class Geometry(NamedTuple):
+    """Where a prepared input came from: the endoscopic image's box in the frame, and its fitted size."""
+
+    box: Box
+    fitted: tuple[int, int]
+
+
+class Prediction(NamedTuple):
+    """One frame's result: polyp probabilities at the frame's size, the polyp score, the verdict."""
+
+    prob: np.ndarray
+    score: float
+    polyp_present: bool
+    head: float | None = None  # the image-level head's probability, where the model has one
+
+    def mask(self, threshold: float) -> np.ndarray:
+        """The mask to show: pixels at or above ``threshold``, and none when the verdict is 'no polyp'."""
+        return (self.prob >= threshold) & self.polyp_present
+
+
+def polyp_score(cfg: Config, prob: np.ndarray, head: float | None) -> float:
+    """The frame's polyp score by ``cfg.verdict``: the head's probability, the highest pixel probability
+    (``peak``) or the share of the frame at or above the mask threshold (``area``)."""
+    if cfg.verdict == "head":
+        if head is None:
+            raise PolypsegError("This model has no image-level head, so its verdict cannot be 'head'.")
+        return float(head)
+    if cfg.verdict == "area":
+        return float((prob >= cfg.decision_threshold).mean())
+    return float(prob.max()) if prob.size else 0.0
+
+
 # ---------------------------------------------------------------------------------------------------
 # per-frame figures, shared with polypseg.video
 
 
-STATS_FIELDS = ("polyp_present", "area_fraction", "mean_confidence")
+STATS_FIELDS = ("polyp_score", "polyp_present", "area_fraction", "mean_confidence")
 
 
-def frame_stats(prob: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """Whether a polyp is predicted, the fraction of the frame it covers, and the mean probability
-    inside the mask (empty when there is no mask)."""
+def frame_stats(prediction: Prediction, mask: np.ndarray) -> dict[str, Any]:
+    """The frame's polyp score and verdict, the fraction of the frame its shown mask covers, and the mean
+    probability inside that mask (empty when there is no mask)."""
     area = int(mask.sum())
     return {
-        "polyp_present": int(area > 0),
+        "polyp_score": round(float(prediction.score), 6),
+        "polyp_present": int(prediction.polyp_present),
         "area_fraction": round(area / mask.size, 6),
-        "mean_confidence": round(float(prob[mask].mean()), 6) if area else "",
+        "mean_confidence": round(float(prediction.prob[mask].mean()), 6) if area else "",
     }
 
 
@@ -209,8 +266,8 @@ def predict_paths(
         except PolypsegError as err:
             failed.append(f"{path} ({err})")
             continue
-        prob = predictor.predict_prob(image)
-        mask = prob >= t
+        prediction = predictor.predict(image)
+        prob, mask = prediction.prob, prediction.mask(t)
         name = path.stem + ".png"
         _write_png(folders["mask"] / name, mask.astype(np.uint8) * 255)
         _write_png(folders["overlay"] / name, overlay(image, mask))
@@ -218,7 +275,7 @@ def predict_paths(
             _write_png(folders["prob"] / name, np.round(prob * 255).astype(np.uint8))
         elif prob_format == "npy":
             _write_npy(folders["prob"] / (path.stem + ".npy"), prob.astype(np.float32))
-        rows.append({"image": str(path), "height": image.shape[0], "width": image.shape[1], **frame_stats(prob, mask)})
+        rows.append({"image": str(path), "height": image.shape[0], "width": image.shape[1], **frame_stats(prediction, mask)})
         written.append(folders["mask"] / name)
     if rows:
         atomic_write_text(out / "predictions.csv", _csv_text(rows))
@@ -252,19 +309,33 @@ def mask_polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[list[list[in
     return [cv2.approxPolyDP(c, tolerance, True)[:, 0, :].tolist() for c in contours]
 
 
-def describe(prob: np.ndarray, threshold: float, polygons: bool = True) -> dict[str, Any]:
-    """A probability map at ``threshold`` -> what is seen: ``polyp_present``, ``area_fraction`` (of the
-    frame), ``regions`` (connected regions, 8-connectivity), ``confidence`` (mean probability inside the
-    mask; ``None`` without a mask), ``max_probability`` and, with ``polygons``, each region's outline."""
+def describe(result: Prediction | np.ndarray, threshold: float, polygons: bool = True,
+             operating_point: float | None = None) -> dict[str, Any]:
+    """A frame's ``Prediction`` (or a bare probability map) at ``threshold`` -> what is seen:
+    ``polyp_present`` (the verdict), ``polyp_score`` and the ``operating_point`` it is judged at,
+    ``area_fraction`` (of the frame), ``regions`` (connected regions, 8-connectivity), ``confidence``
+    (mean probability inside the mask; ``None`` without a mask), ``max_probability`` and, with
+    ``polygons``, each region's outline. When the verdict is 'no polyp' the mask, its regions and outlines
+    are empty: the tool stays quiet. A bare map is judged by its peak probability at ``threshold``."""
     check_threshold(threshold)
-    mask = prob >= threshold
+    if isinstance(result, Prediction):
+        prob, score, present = result.prob, result.score, bool(result.polyp_present)
+        point = operating_point
+    else:
+        prob = result
+        score = float(prob.max()) if prob.size else 0.0
+        point = threshold if operating_point is None else operating_point
+        present = score >= point
+    mask = (prob >= threshold) & present
     area = int(mask.sum())
     regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1 if area else 0
     out: dict[str, Any] = {
         "height": int(prob.shape[0]),
         "width": int(prob.shape[1]),
         "threshold": float(threshold),
-        "polyp_present": area > 0,
+        "polyp_present": present,
+        "polyp_score": round(score, 4),
+        "operating_point": None if point is None else round(float(point), 4),
         "area_fraction": round(area / mask.size, 6),
         "regions": int(regions),
         "confidence": round(float(prob[mask].mean()), 4) if area else None,

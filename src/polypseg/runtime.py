@@ -3,8 +3,9 @@ export and per-call thread settings. ``predict``, ``video``, ``export``, ``evalu
 down into this module; it imports nothing of theirs.
 
 A backend maps a normalised float32 ``N x 3 x H x W`` input (``H``, ``W`` multiples of 32) to float32
-``N x H x W`` polyp probabilities. An ONNX file written by polypseg outputs probabilities (the sigmoid is
-part of the graph) and carries the run's config and the checkpoint's sha256 in its metadata, so the file
+``N x H x W`` polyp probabilities and, for models with an image-level head, float32 ``N`` polyp-frame
+probabilities (else None). An ONNX file written by polypseg outputs probabilities (the sigmoid is
+part of the graph; a second output ``score`` for the head) and carries the run's config and the checkpoint's sha256 in its metadata, so the file
 alone is enough to predict and a stale export is recognised.
 
 Exporter: the TorchScript exporter (``dynamo=False``). With torch 2.14 both exporters give ONNX files
@@ -29,7 +30,7 @@ import torch
 
 from .config import Config
 from .errors import PolypsegError
-from .model import load_checkpoint
+from .model import load_checkpoint, split_output
 
 BACKENDS = ("torch", "onnxruntime")
 OPSET = 17
@@ -143,37 +144,44 @@ def onnx_metadata(session) -> dict[str, str]:
 
 
 class Probabilities(torch.nn.Module):
-    """The network with its sigmoid: the ONNX file outputs probabilities."""
+    """The network with its sigmoid: the ONNX file outputs probabilities (and the head's, if any)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(image))
+    def forward(self, image: torch.Tensor):
+        logits, head = split_output(self.model(image))
+        return torch.sigmoid(logits) if head is None else (torch.sigmoid(logits), torch.sigmoid(head))
 
 
-def _torchscript_export(module: torch.nn.Module, sample: torch.Tensor) -> bytes:
+def _output_names(module: Probabilities) -> list[str]:
+    return ["prob", "score"] if getattr(module.model, "classification_head", None) is not None else ["prob"]
+
+
+def _torchscript_export(module: Probabilities, sample: torch.Tensor) -> bytes:
     buf = io.BytesIO()
+    names = _output_names(module)
+    dynamic = {"image": {0: "batch", 2: "height", 3: "width"}, "prob": {0: "batch", 2: "height", 3: "width"}}
+    if "score" in names:
+        dynamic["score"] = {0: "batch"}
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated and smp's shape checks emit tracer warnings; the export
         # is checked against torch by `polypseg export` instead.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, (sample,), buf, input_names=["image"], output_names=["prob"], opset_version=OPSET,
-            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                          "prob": {0: "batch", 2: "height", 3: "width"}},
-            dynamo=False,
+            module, (sample,), buf, input_names=["image"], output_names=names, opset_version=OPSET,
+            dynamic_axes=dynamic, dynamo=False,
         )
     return buf.getvalue()
 
 
-def _dynamo_export(module: torch.nn.Module, sample: torch.Tensor) -> bytes:
+def _dynamo_export(module: Probabilities, sample: torch.Tensor) -> bytes:
     dim = torch.export.Dim
     shapes = {"image": {0: dim("batch", min=1, max=64), 2: 32 * dim("h32", min=1, max=256),
                         3: 32 * dim("w32", min=1, max=256)}}
     program = torch.onnx.export(
-        module, (sample,), input_names=["image"], output_names=["prob"], dynamic_shapes=shapes,
+        module, (sample,), input_names=["image"], output_names=_output_names(module), dynamic_shapes=shapes,
         dynamo=True, verbose=False,
     )
     return program.model_proto.SerializeToString()
@@ -200,7 +208,8 @@ def export_bytes(
         ONNX_CONFIG_KEY: json.dumps(cfg.to_dict()),
         "polypseg.input": "image: float32 N x 3 x H x W, RGB scaled to [0, 1] then (x - mean) / std; "
                           "H and W multiples of 32",
-        "polypseg.output": "prob: float32 N x 1 x H x W polyp probabilities",
+        "polypseg.output": "prob: float32 N x 1 x H x W polyp probabilities"
+                           + ("; score: float32 N x 1 polyp-frame probabilities (image-level head)" if cfg.aux_head else ""),
         "polypseg.torch": torch.__version__,
     }
     if checkpoint is not None:
@@ -234,12 +243,14 @@ class TorchBackend:
         self.device = device
         self.threads = threads
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         with torch_threads(self.threads), torch.inference_mode():
             t = torch.from_numpy(x).to(self.device)
             if self.channels_last:
                 t = t.contiguous(memory_format=torch.channels_last)
-            return torch.sigmoid(self.model(t))[:, 0].float().cpu().numpy()
+            logits, head = split_output(self.model(t))
+            prob = torch.sigmoid(logits)[:, 0].float().cpu().numpy()
+            return prob, None if head is None else torch.sigmoid(head)[:, 0].float().cpu().numpy()
 
 
 class OnnxBackend:
@@ -252,8 +263,9 @@ class OnnxBackend:
         self.session = session
         self.input_name = session.get_inputs()[0].name
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0][:, 0]
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self.session.run(None, {self.input_name: x})
+        return out[0][:, 0], out[1][:, 0] if len(out) > 1 else None
 
 
 def torch_backend(weights: Path, device: str = "cpu", threads: int | None = None) -> tuple[TorchBackend, Config]:

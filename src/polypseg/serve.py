@@ -383,11 +383,12 @@ def segment_frame(predictor, image: np.ndarray, threshold: float | None = None) 
     """One RGB frame -> (probability map, ``describe`` of it, with the network's time in ms). The path
     every frame takes: the segment endpoint, the live stream and the Python API."""
     begin = time.perf_counter()
-    prob = predictor.predict_prob(image)
+    prediction = predictor.predict(image)
     infer_ms = 1000 * (time.perf_counter() - begin)
-    info = describe(prob, predictor.threshold if threshold is None else threshold)
+    info = describe(prediction, predictor.threshold if threshold is None else threshold,
+                    operating_point=predictor.operating_point)
     info["infer_ms"] = round(infer_ms, 1)
-    return prob, info
+    return prediction.prob, info
 
 
 def png_bytes(gray: np.ndarray) -> bytes:
@@ -582,6 +583,8 @@ def model_info(predictor) -> dict[str, Any]:
         "architecture": f"{cfg.arch} / {cfg.encoder}",
         "input": [cfg.height, cfg.width],
         "threshold": predictor.threshold,
+        "verdict": cfg.verdict,
+        "operating_point": predictor.operating_point,
         "training_data": data or f"{cfg.data} ({cfg.split_strategy} split, seed {cfg.seed})",
         "validation_dice": round(metrics["val_dice"], 3) if math.isfinite(metrics.get("val_dice", math.nan)) else None,
         "epoch": epoch,
@@ -615,6 +618,8 @@ class Segmentation(BaseModel):
     width: int
     threshold: float
     polyp_present: bool
+    polyp_score: float
+    operating_point: float | None
     area_fraction: float
     regions: int
     confidence: float | None
@@ -668,7 +673,8 @@ async def segment(
     def work():
         prob, info = segment_frame(state.predictor, decode_image(data), threshold)
         if format == "png":
-            return png_bytes((prob >= info["threshold"]).astype(np.uint8) * 255), info
+            shown = (prob >= info["threshold"]) & info["polyp_present"]  # quiet when the verdict is no polyp
+            return png_bytes(shown.astype(np.uint8) * 255), info
         if probability:
             info["probability_png"] = base64.b64encode(png_bytes(np.round(prob * 255).astype(np.uint8))).decode()
         return None, info

@@ -32,6 +32,8 @@ SIDES = ("train", "val", "test")
 RANDOM_DEFAULTS = (0, 345 / 612)
 SEQUENCE_DEFAULTS = (0.1, 0.5)
 KFOLD_VAL_DEFAULT = 0.1
+# (val, test) of a polyp-free folder split beside polyp frames of another strategy (e.g. pranet)
+NEGATIVES_DEFAULTS = (0.15, 0.25)
 # Random orders tried when packing whole sequences into sides; the best fit wins. Cheap for tens of
 # sequences, and enough to land within a few frames of the asked sizes.
 PACKING_TRIALS = 300
@@ -431,14 +433,22 @@ def _split_per_folder(index: DatasetIndex, strategy: str, train: Size, val: Size
     parts = {}
     for name, sub in index.sources.items():
         try:
-            parts[name] = make_split(sub, strategy, train=train, val=val, test=test, seed=seed)
+            if sub.kind == "frames" and strategy not in ("random", "sequence"):
+                # Polyp-free folders (no masks, no PraNet list) are split on their own: whole sequences
+                # where they are known, else frames at random, with their own sizes (the strategy's sizes
+                # are for the polyp frames).
+                own = "sequence" if sub.has_sequences else "random"
+                parts[name] = make_split(sub, own, val=NEGATIVES_DEFAULTS[0] if val is None else val,
+                                         test=NEGATIVES_DEFAULTS[1], seed=seed)
+            else:
+                parts[name] = make_split(sub, strategy, train=train, val=val, test=test, seed=seed)
         except PolypsegError as exc:
             raise PolypsegError(f"Splitting the data folder '{name}' ({sub.root}): {exc}") from None
     sides = {side: [f"{name}/{i}" for name, s in parts.items() for i in getattr(s, side)] for side in SIDES}
     folders = {name: _folder_info(sub) for name, sub in index.sources.items()}
     params = {
         "frames": len(index.pairs),
-        "per_folder": {name: s.params for name, s in parts.items()},
+        "per_folder": {name: {**s.params, "strategy": s.strategy} for name, s in parts.items()},
     }
     return Split(
         strategy=strategy, seed=seed, **sides, params=params, leak=_leak_per_folder(sides, folders),

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
@@ -27,7 +28,8 @@ from .config import Config
 from .data import SegmentationDataset, index_dataset, usable_pairs
 from .errors import PolypsegError
 from .files import atomic_write
-from .model import build_model, load_checkpoint, save_checkpoint
+from .metrics import roc_auc
+from .model import build_model, load_checkpoint, save_checkpoint, split_output
 from .splits import load_split, make_split, resolve_fold, save_split, with_index
 from .transforms import eval_transform, train_transform
 
@@ -101,6 +103,19 @@ class LossSum(torch.nn.Module):
         return sum(t(logits, target) for t in self.terms)
 
 
+def weighted_mask_loss(loss: torch.nn.Module, logits: torch.Tensor, mask: torch.Tensor, polyp: torch.Tensor,
+                       negatives_weight: float) -> torch.Tensor:
+    """The mask loss of polyp frames plus ``negatives_weight`` times that of polyp-free frames (each over
+    its own frames of the batch; a batch without one kind adds nothing for it)."""
+    pos = polyp > 0.5
+    total = logits.new_zeros(())
+    if pos.any():
+        total = total + loss(logits[pos], mask[pos])
+    if negatives_weight > 0 and (~pos).any():
+        total = total + negatives_weight * loss(logits[~pos], mask[~pos])
+    return total
+
+
 def seed_worker(worker_id: int) -> None:
     """Give each data loader worker's augmentation its own seed, derived from the run's seed."""
     info = torch.utils.data.get_worker_info()
@@ -136,21 +151,37 @@ class SegModule(L.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss = make_loss(cfg)
         self._val: list[torch.Tensor] = []
+        self._val_scores: list[torch.Tensor] = []  # (label, head score, peak probability) per image
 
     def forward(self, x):
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
+    def _losses(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(total loss, mask loss, head loss or None). The mask loss counts polyp frames fully and
+        polyp-free ones with ``negatives_mask_weight``; the head learns every frame's label."""
+        logits, head = split_output(self(batch["image"]))
+        mask_loss = weighted_mask_loss(self.loss, logits, batch["mask"], batch["polyp"], self.cfg.negatives_mask_weight)
+        if head is None:
+            return mask_loss, mask_loss, None
+        head_loss = torch.nn.functional.binary_cross_entropy_with_logits(head[:, 0], batch["polyp"])
+        return mask_loss + head_loss, mask_loss, head_loss
+
     def training_step(self, batch, _):
-        loss = self.loss(self(batch["image"]), batch["mask"])
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
-                 batch_size=len(batch["image"]))
+        loss, mask_loss, head_loss = self._losses(batch)
+        n = len(batch["image"])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
+        if head_loss is not None:
+            self.log("train_head_loss", head_loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         return loss
 
     def validation_step(self, batch, _):
-        logits = self(batch["image"])
+        logits, head = split_output(self(batch["image"]))
         loss = self.loss(logits, batch["mask"])
+        peak = torch.sigmoid(logits[:, 0]).amax(dim=(1, 2)) if self.cfg.classes == 1 else logits.new_zeros(len(logits))
+        head_score = torch.sigmoid(head[:, 0]) if head is not None else torch.full_like(peak, float("nan"))
+        self._val_scores.append(torch.stack([batch["polyp"], head_score, peak], dim=1).detach().cpu())
         self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
         if self.cfg.classes == 1:
             tp, fp, fn, tn = smp.metrics.get_stats(
@@ -163,9 +194,12 @@ class SegModule(L.LightningModule):
             )
             tp, fp, fn, tn = (t[:, 1:].sum(1, keepdim=True) for t in (tp, fp, fn, tn))
         tp, fp, fn = (t[:, 0].float() for t in (tp, fp, fn))
-        # Per-image Dice and IoU; an image with no polyp and none predicted counts as 1 (perfect).
+        # Per-image Dice and IoU over polyp frames (polyp-free frames are scored at frame level, below);
+        # an image with no polyp and none predicted counts as 1 (perfect).
+        polyp = batch["polyp"] > 0.5 if self.cfg.classes == 1 else torch.ones_like(tp, dtype=torch.bool)
         dice = torch.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.ones_like(tp))
         iou = torch.where(tp + fp + fn > 0, tp / (tp + fp + fn).clamp(min=1), torch.ones_like(tp))
+        tp, fp, fn, dice, iou = (t[polyp] for t in (tp, fp, fn, dice, iou))
         n = torch.tensor(float(len(tp)), device=tp.device)
         self._val.append(torch.stack([tp.sum(), fp.sum(), fn.sum(), dice.sum(), iou.sum(), n]))
 
@@ -181,6 +215,13 @@ class SegModule(L.LightningModule):
         self.log("val_dice", dice_sum / max(n, 1), prog_bar=True, rank_zero_only=True)
         self.log("val_iou", iou_sum / max(n, 1), rank_zero_only=True)
         self.log("val_dice_micro", 2 * tp / max(2 * tp + fp + fn, 1), rank_zero_only=True)
+        # frame level (this process's validation frames): AUC of the head and of the peak probability
+        scores = torch.cat(self._val_scores).numpy()
+        self._val_scores.clear()
+        for name, column in (("val_auc_head", 1), ("val_auc_peak", 2)):
+            auc = roc_auc(scores[:, column], scores[:, 0]) if not np.isnan(scores[:, column]).any() else None
+            if auc is not None:
+                self.log(name, auc, rank_zero_only=True)
 
     def configure_optimizers(self):
         opt = make_optimizer(self.model, self.cfg)
@@ -223,6 +264,8 @@ class RunFolder(Callback):
             "val_dice": m.get("val_dice", float("nan")),
             "val_iou": m.get("val_iou", float("nan")),
             "val_dice_micro": m.get("val_dice_micro", float("nan")),
+            "val_auc_head": m.get("val_auc_head", float("nan")),
+            "val_auc_peak": m.get("val_auc_peak", float("nan")),
             "lr": trainer.optimizers[0].param_groups[1]["lr"],
             "seconds": round(time.time() - self.epoch_start, 1),
         }
@@ -241,6 +284,8 @@ class RunFolder(Callback):
         os.replace(tmp, self.run / "resume.ckpt")
         self._write_outputs(pl_module.model, improved)
         val = f"val Dice {row['val_dice']:.4f}  IoU {row['val_iou']:.4f}" if self.has_val else "no validation side"
+        if self.has_val and not math.isnan(row["val_auc_head"]):
+            val += f"  frame AUC head {row['val_auc_head']:.3f} peak {row['val_auc_peak']:.3f}"
         line = (f"epoch {epoch:3d}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  {val}"
                 f"{'  (best)' if improved else ''}  {row['seconds']:.0f} s")
         bar = trainer.progress_bar_callback
@@ -299,7 +344,7 @@ def _resolve_split(cfg: Config, index):
     if cfg.split:
         split = with_index(load_split(cfg.split, fold=cfg.fold), index)
     else:
-        split = make_split(index, cfg.split_strategy, seed=cfg.seed)
+        split = make_split(index, cfg.split_strategy, val=cfg.val_size, seed=cfg.seed)
         if split.folds is not None:  # kfold made on the fly: resolve the asked fold (default 0)
             split = resolve_fold(split, cfg.fold or 0)
     ids = {p.id for p in index.pairs}
@@ -312,6 +357,19 @@ def _resolve_split(cfg: Config, index):
     if not split.train:
         raise PolypsegError("The split has no training frames.")
     return split
+
+
+def negatives_sampler(pairs, fraction: float | None, seed: int):
+    """A sampler that draws polyp-free frames (``Pair.polyp is False``) as ``fraction`` of each epoch (an
+    epoch keeps its length), or None (every frame once per epoch) without a fraction or without both kinds."""
+    if fraction is None:
+        return None
+    neg = np.array([p.polyp is False for p in pairs])
+    if neg.all() or not neg.any():
+        return None
+    weights = np.where(neg, fraction / neg.sum(), (1 - fraction) / (~neg).sum())
+    return torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(pairs),
+                                                  replacement=True, generator=torch.Generator().manual_seed(seed))
 
 
 def _is_primary() -> bool:
@@ -358,7 +416,7 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
             )
         ckpt_path = None
 
-    index = index_dataset(cfg.data)
+    index = index_dataset(cfg.data, negatives=cfg.negatives)
     split = _resolve_split(cfg, index)
     by_id = {p.id: p for p in index.pairs}
     # Read every frame the run will use before anything is written: bad data fails here, in one message,
@@ -387,12 +445,18 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
             for c in bad[:20]:
                 print(f"  {c.pair.id}: {' '.join(c.problems)}")
 
-    train_ds = SegmentationDataset([by_id[i] for i in split.train], train_transform(cfg))
-    val_ds = SegmentationDataset([by_id[i] for i in split.val], eval_transform(cfg)) if split.val else None
+    view = dict(crop=cfg.crop, corner=cfg.corner)
+    train_pairs = [by_id[i] for i in split.train]
+    if any(p.polyp is True and p.mask is None for p in train_pairs):
+        raise PolypsegError("Polyp frames without masks cannot be trained on; keep them for evaluation.")
+    train_ds = SegmentationDataset(train_pairs, train_transform(cfg), **view)
+    val_ds = SegmentationDataset([by_id[i] for i in split.val], eval_transform(cfg), **view) if split.val else None
     loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                   pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker)
     # drop_last: BatchNorm in DeepLabV3+'s ASPP pooling cannot take a batch of one in training
-    train_dl = DataLoader(train_ds, shuffle=True, drop_last=len(train_ds) > cfg.batch_size, **loader)
+    sampler = negatives_sampler(train_pairs, cfg.negatives_fraction, cfg.seed)
+    train_dl = DataLoader(train_ds, shuffle=sampler is None, sampler=sampler,
+                          drop_last=len(train_ds) > cfg.batch_size, **loader)
     val_dl = DataLoader(val_ds, shuffle=False, **loader) if val_ds else None
 
     callbacks: list[Callback] = [RunFolder(run, cfg, has_val=val_ds is not None)]
@@ -415,11 +479,92 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
         )
         trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
     if trainer.is_global_zero and val_ds is not None and cfg.classes == 1:
-        if cfg.threshold is None:
-            _choose_threshold(run, [by_id[i] for i in split.val])
-        else:
-            print(f"decision threshold {cfg.threshold:.2f} as given (not chosen on the validation side)")
+        finish_run(run, [by_id[i] for i in split.val])
     return run
+
+
+def calibrate(run: str | Path, sensitivity: float | None = None) -> Path:
+    """Choose the mask threshold and the verdict's operating point of a trained run again, on its own
+    validation side (``sensitivity``: the share of validation polyp frames to keep flagged; default the
+    run's). For a run whose training ended early, or to move the operating point; never on test frames."""
+    run = Path(run)
+    if not (run / "split.json").is_file() or not (run / "best.safetensors").is_file():
+        raise PolypsegError(f"'{run}' is not a trained run folder (split.json and best.safetensors).")
+    cfg = Config.load(run / "config.json")
+    if sensitivity is not None:
+        cfg = cfg.replace(verdict_sensitivity=float(sensitivity))
+        if not 0 < sensitivity <= 1:
+            raise PolypsegError(f"--sensitivity must lie in (0, 1], got {sensitivity}.")
+    cfg.save(run / "config.json")
+    _update_checkpoints(run, {"verdict_sensitivity": cfg.verdict_sensitivity}, {})
+    index = index_dataset(cfg.data, negatives=cfg.negatives)
+    split = _resolve_split(cfg.replace(split=str(run / "split.json")), index)
+    if not split.val:
+        raise PolypsegError(f"The run {run} has no validation side to calibrate on.")
+    by_id = {p.id: p for p in index.pairs}
+    finish_run(run, [by_id[i] for i in split.val])
+    return run
+
+
+def finish_run(run: Path, val_pairs) -> None:
+    """After training, on the validation side only: the mask threshold (if none was given) on its polyp
+    frames, then, where it holds polyp-free frames too, the verdict's operating point (if none was given)
+    for the config's sensitivity; both are stored in the best and last checkpoints."""
+    cfg = Config.load(run / "config.json")
+    polyp_pairs = [p for p in val_pairs if p.mask is not None and p.polyp is not False]
+    if cfg.threshold is None and polyp_pairs:
+        _choose_threshold(run, polyp_pairs)
+    elif cfg.threshold is not None:
+        print(f"decision threshold {cfg.threshold:.2f} as given (not chosen on the validation side)")
+    if any(p.polyp is False for p in val_pairs):
+        if cfg.verdict_threshold is None:
+            _choose_operating_point(run, [p for p in val_pairs if p.mask is not None or p.polyp is False])
+        else:
+            print(f"operating point {cfg.verdict_threshold:.3f} as given (not chosen on the validation side)")
+
+
+def _update_checkpoints(run: Path, changes: dict, metrics: dict) -> None:
+    from .model import read_checkpoint_meta
+
+    for name in ("best", "last"):
+        model, cfg = load_checkpoint(run / f"{name}.safetensors")
+        meta = read_checkpoint_meta(run / f"{name}.safetensors")
+        save_checkpoint(model, cfg.replace(**changes), run / name, epoch=meta["epoch"],
+                        metrics={**meta["metrics"], **metrics})
+
+
+def _choose_operating_point(run: Path, val_pairs) -> None:
+    """The verdict's operating point: the highest polyp score that keeps ``verdict_sensitivity`` of the
+    validation polyp frames flagged. Every score source's frame-level AUC is recorded beside it, so the
+    choice of ``verdict`` is made on numbers (docs/training-log.md)."""
+    from .data import load_pair
+    from .metrics import frame_counts, frame_rates, operating_point_for, roc_auc
+    from .predict import Predictor
+
+    predictor = Predictor(run / "best.safetensors")
+    cfg = predictor.config
+    rows = []
+    for pair in val_pairs:
+        image, mask = load_pair(pair)
+        pred = predictor.predict(image)
+        rows.append((float(mask.any()), pred.head, float(pred.prob.max()),
+                     float((pred.prob >= cfg.decision_threshold).mean())))
+    labels = np.array([r[0] for r in rows])
+    sources = {"peak": np.array([r[2] for r in rows]), "area": np.array([r[3] for r in rows])}
+    if cfg.aux_head:
+        sources["head"] = np.array([r[1] for r in rows])
+    aucs = {name: roc_auc(v, labels) for name, v in sources.items()}
+    point = operating_point_for(sources[cfg.verdict], labels, cfg.verdict_sensitivity)
+    rates = frame_rates(frame_counts(sources[cfg.verdict], labels, point))
+    metrics = {f"val_frame_auc_{name}": auc for name, auc in aucs.items()}
+    metrics.update(operating_point_from="validation", val_frames_polyp=int(labels.sum()),
+                   val_frames_polyp_free=int((labels == 0).sum()), val_sensitivity=rates["sensitivity"],
+                   val_specificity=rates["specificity"])
+    _update_checkpoints(run, {"verdict_threshold": point}, metrics)
+    shown = ", ".join(f"{name} {auc:.3f}" for name, auc in aucs.items() if auc is not None)
+    print(f"verdict '{cfg.verdict}': operating point {point:.4f} chosen on the validation side for sensitivity "
+          f"{cfg.verdict_sensitivity:.2f} ({int(labels.sum())} polyp, {int((labels == 0).sum())} polyp-free frames: "
+          f"sensitivity {rates['sensitivity']:.3f}, specificity {rates['specificity']:.3f}); frame AUC {shown}")
 
 
 def _write_left_out(path: Path, bad) -> None:
@@ -433,16 +578,11 @@ def _write_left_out(path: Path, bad) -> None:
 
 
 def _choose_threshold(run: Path, val_pairs) -> None:
-    """Pick the decision threshold on the validation side and store it in the checkpoints' config."""
+    """Pick the decision threshold on the validation side's polyp frames and store it in the checkpoints."""
     from .metrics import choose_threshold
-    from .model import read_checkpoint_meta
     from .predict import Predictor
 
     predictor = Predictor(run / "best.safetensors")
     threshold, _curve = choose_threshold(predictor, val_pairs)
-    for name in ("best", "last"):
-        model, cfg = load_checkpoint(run / f"{name}.safetensors")
-        meta = read_checkpoint_meta(run / f"{name}.safetensors")
-        save_checkpoint(model, cfg.replace(threshold=float(threshold)), run / name, epoch=meta["epoch"],
-                        metrics={**meta["metrics"], "threshold_from": "validation"})
+    _update_checkpoints(run, {"threshold": float(threshold)}, {"threshold_from": "validation"})
     print(f"decision threshold chosen on the validation side: {threshold:.2f}")
