@@ -19,10 +19,11 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from polypseg.alerts import AlertRule, track
 from polypseg.data import read_image, read_mask
 from polypseg.errors import PolypsegError
-from polypseg.predict import Predictor, describe
-from polypseg.serve import ServeSettings, background_server, create_app, decode_image
+from polypseg.predict import Prediction, Predictor, describe
+from polypseg.serve import ServeSettings, background_server, create_app, decode_image, segment_video
 
 FRAME = "322.png"  # CVC-ClinicDB sequence 16: one clear polyp
 TESTSERVER = ["testserver"]  # the Host of TestClient's requests; by default the app answers to loopback names only
@@ -126,6 +127,37 @@ def test_jpeg_and_grayscale_uploads(client, data_dir):
     gray = cv2.imencode(".png", rgb[:, :, 0])[1].tobytes()
     assert _image(client, jpg, "image/jpeg").json()["polyp_present"]
     assert _image(client, gray).status_code == 200
+
+
+class ScriptedPredictor:
+    """The real predictor's settings with polyp scores a test chooses: frame k gets ``scores[k]``, its
+    verdict at the model's operating point, and a square of probability 0.9 in the probability map."""
+
+    def __init__(self, predictor, scores):
+        self.inner, self.scores = predictor, iter(scores)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict(self, image):
+        score = next(self.scores)
+        h, w = image.shape[:2]
+        prob = np.zeros((h, w), np.float32)
+        prob[h // 4: h // 2, w // 4: w // 2] = 0.9
+        return Prediction(prob, score, score >= self.inner.operating_point)
+
+
+def test_segment_is_quiet_when_the_verdict_is_no_polyp(predictor, png):
+    point = predictor.operating_point
+    with TestClient(create_app(ScriptedPredictor(predictor, [0.03, 0.03, 0.97]), ServeSettings(allowed_hosts=TESTSERVER))) as c:
+        quiet = _image(c, png, query="?probability=true").json()
+        assert (quiet["polyp_present"], quiet["polyp_score"], quiet["operating_point"]) == (False, 0.03, point)
+        assert (quiet["polygons"], quiet["area_fraction"], quiet["regions"], quiet["confidence"]) == ([], 0.0, 0, None)
+        assert quiet["max_probability"] == 0.9 and quiet["probability_png"]  # the map comes: the page gates its drawing
+        mask = cv2.imdecode(np.frombuffer(_image(c, png, query="?format=png").content, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == (288, 384) and not mask.any()
+        seen = _image(c, png).json()
+        assert seen["polyp_present"] and seen["polyp_score"] == 0.97 and len(seen["polygons"]) == 1
 
 
 # --- bad input: a 4xx with one line of JSON, and the server keeps serving --------------------------
@@ -278,6 +310,45 @@ def test_video_job_gives_h264_csv_and_timeline(client, clip):
     _is_error(client.get(job["video_url"]), 404)
 
 
+def test_video_job_lists_its_alerts_as_its_csvs_and_the_python_api_say(client, clip, predictor, tmp_path):
+    job = _wait(client, client.post("/api/v1/videos", files={"file": ("v.mp4", clip, "video/mp4")}).json()["id"])
+    result, base = job["result"], f"/api/v1/videos/{job['id']}"
+    rows = list(csv.DictReader(io.StringIO(client.get(job["csv_url"]).text)))
+    assert result["score"] == [float(r["polyp_score"]) for r in rows]
+    assert result["alert"] == [int(r["alert"]) for r in rows] and sum(result["alert"]) >= 1
+    answer = client.get(job["events_url"])
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
+    events = list(csv.DictReader(io.StringIO(answer.text)))
+    assert len(result["events"]) == len(events) == result["summary"]["alerts"] >= 1
+    for event, row in zip(result["events"], events):
+        assert event["index"] == int(row["index"]) and event["peak_frame"] == int(row["peak_frame"])
+        for key in ("start_ms", "end_ms", "duration_ms", "peak_score", "peak_area"):
+            assert event[key] == float(row[key]), key
+        alerted = [float(r["time_ms"]) for r in rows if event["start_ms"] <= float(r["time_ms"]) < event["end_ms"]]
+        assert alerted and all(int(r["alert"]) for r in rows if float(r["time_ms"]) in alerted)
+        assert event["thumbnail_url"] == f"{base}/alerts/{event['index']}.jpg"
+        thumb = client.get(event["thumbnail_url"])
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        assert cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR).shape[1] == 240
+    summary = result["summary"]
+    assert summary["rule"] == AlertRule().resolved(predictor.operating_point).as_dict() and "source" not in summary
+    assert summary["alerts_per_minute"] == pytest.approx(len(events) / (summary["duration_ms"] / 60000), rel=1e-3)
+    for n in (0, len(events) + 1):
+        assert "no alert" in _is_error(client.get(f"{base}/alerts/{n}.jpg"), 404)
+    _is_error(client.get(f"{base}/alerts/x.jpg"), 404)
+    folder = client.app.state.polypseg.jobs.get(job["id"]).folder  # every output inside the job's folder
+    assert {"overlay.events.csv", "overlay.alerts", "overlay.summary.json"} <= {p.name for p in folder.iterdir()}
+    assert client.delete(base).status_code == 204 and not folder.exists()
+
+    (tmp_path / "clip.mp4").write_bytes(clip)  # the Python API: the same figures
+    direct = segment_video(predictor, tmp_path / "clip.mp4", str(tmp_path / "overlay.mp4"), str(tmp_path / "frames.csv"))
+    for key in ("frames", "timeline", "area", "score", "alert", "summary"):
+        assert direct[key] == result[key], key
+    for mine, served in zip(direct["events"], result["events"], strict=True):
+        assert mine.pop("thumbnail_url") == (tmp_path / mine["thumbnail"]).resolve().as_uri()
+        assert mine == {k: v for k, v in served.items() if k != "thumbnail_url"}
+
+
 @pytest.mark.parametrize("data, content_type, status", [
     (b"", "video/mp4", 400),
     (b"this is no video, only some text" * 100, "video/mp4", 400),
@@ -313,11 +384,40 @@ def test_live_websocket_answers_each_frame(client, data_dir):
         ws.send_bytes(jpg)
         first = ws.receive_json()
         assert first["polyp_present"] and first["polygons"] and first["server_ms"] >= first["infer_ms"] > 0
+        assert first["polyp_score"] >= first["operating_point"] and first["t_ms"] >= 0
+        assert (first["alert"], first["alert_started"], first["alert_ended"]) == (False, False, False)  # onset first
+        assert first["smoothed_score"] == pytest.approx(first["polyp_score"], abs=1e-4)
         ws.send_bytes(b"garbage")
         assert "not an image" in ws.receive_json()["error"]
         ws.send_text('{"threshold": 0.9}')
         ws.send_bytes(jpg)
         assert ws.receive_json()["threshold"] == 0.9  # still serving after the bad frame
+
+
+def test_live_alert_starts_after_the_onset_and_ends_after_the_release(predictor, png):
+    scores = [0.1] * 2 + [0.9] * 9 + [0.1] * 8  # the onset and the release (200 ms) last 4 or more frames here
+    rule = AlertRule().resolved(predictor.operating_point)
+    with TestClient(create_app(ScriptedPredictor(predictor, scores), ServeSettings(allowed_hosts=TESTSERVER))) as c:
+        assert c.get("/api/v1/model").json()["alert_rule"] == rule.as_dict()
+        answers = []
+        with c.websocket_connect("/api/v1/live") as ws:
+            for _ in scores:
+                ws.send_bytes(png)
+                answers.append(ws.receive_json())
+                time.sleep(0.05)
+    t = [a["t_ms"] for a in answers]
+    assert [a["polyp_score"] for a in answers] == scores and t == sorted(set(t))
+    assert not answers[0]["polyp_present"] and answers[0]["polygons"] == []  # quiet below the operating point
+    started = [i for i, a in enumerate(answers) if a["alert_started"]]
+    ended = [i for i, a in enumerate(answers) if a["alert_ended"]]
+    assert len(started) == len(ended) == 1
+    on, off = started[0], ended[0]
+    assert t[on] - t[2] >= rule.onset_ms - 1e-3 and t[on - 1] - t[2] < rule.onset_ms
+    assert t[off] - t[11] >= rule.release_ms - 1e-3 and t[off - 1] - t[11] < rule.release_ms
+    assert [a["alert"] for a in answers] == [on <= i < off for i in range(len(scores))]
+    states, _ = track(t, scores, rule)  # what polypseg.alerts says of these frames
+    assert [a["smoothed_score"] for a in answers] == [round(s.smoothed, 4) for s in states]
+    assert [a["alert"] for a in answers] == [s.alert for s in states]
 
 
 # --- what reaches the logs, and the command line ----------------------------------------------------

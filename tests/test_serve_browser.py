@@ -88,6 +88,7 @@ def test_images_tab_overlay_slider_and_zip(page, data_dir, tmp_path):
     page.wait_for_selector("canvas.overlay")
     page.wait_for_function("document.querySelector('.stats') && document.querySelector('.stats').textContent.includes('polyp area')")
     before, stats_before = _overlay_pixels(page), page.text_content(".stats")
+    assert stats_before.startswith("polyp (score")  # the verdict
     _shot(page, "images")
     page.eval_on_selector("#threshold", "el => { el.value = 0.97; el.dispatchEvent(new Event('input')); }")
     assert page.text_content("#threshold-value") == "0.97"
@@ -103,7 +104,15 @@ def test_images_tab_overlay_slider_and_zip(page, data_dir, tmp_path):
         assert sorted(z.namelist()) == ["masks/320.png", "predictions.csv"]
         mask = cv2.imdecode(np.frombuffer(z.read("masks/320.png"), np.uint8), cv2.IMREAD_GRAYSCALE)
         assert mask.shape == (288, 384) and set(np.unique(mask)) <= {0, 255}
-        assert z.read("predictions.csv").decode().splitlines()[1].startswith('"320.png",384,288,0.97,')
+        header, row = z.read("predictions.csv").decode().splitlines()[:2]
+        assert header.startswith("image,width,height,threshold,polyp_score,polyp_present,")
+        assert row.startswith('"320.png",384,288,0.97,') and row.split(",")[5] == "1"
+
+    # a "no polyp" verdict draws no outline, whatever the slider says
+    page.evaluate("frames[0].verdict = {present: false, score: 0.03, point: 0.5}; setThreshold(0.05)")
+    assert page.text_content(".stats").startswith("no polyp, score 0.03 < 0.50") and "area 0.0%" in page.text_content(".stats")
+    original = page.eval_on_selector(".pair canvas", "c => c.toDataURL()")
+    assert _overlay_pixels(page) == original
 
 
 def test_video_tab_plays_the_overlay(page, clip_frames, tmp_path):
@@ -116,6 +125,13 @@ def test_video_tab_plays_the_overlay(page, clip_frames, tmp_path):
     assert page.eval_on_selector("#video-progress", "p => p.value") == 1
     assert "8 frames" in page.text_content("#video-summary")
     assert page.get_attribute("#video-csv", "href").endswith("/csv")
+    assert page.get_attribute("#video-events", "href").endswith("/events")
+    assert "1 alert(s)" in page.text_content("#video-summary")  # sequence 16: a polyp all along, one alert
+    page.wait_for_function("[...document.querySelectorAll('#video-alerts img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert page.locator("#video-alerts li").count() == 1
+    assert page.text_content("#video-alerts li").startswith("0:00.2–")  # after the 200 ms onset
+    page.click("#video-alerts li")
+    assert page.eval_on_selector("#video-player", "v => v.currentTime") == pytest.approx(0.2, abs=0.01)
     _shot(page, "video")
 
 
@@ -123,7 +139,11 @@ def test_live_tab_gets_overlays_from_the_fake_camera(page):
     page.click("button[data-tab=live]")
     page.click("#live-start")
     page.wait_for_function("Number(document.getElementById('live-fps').textContent) > 0")
+    assert not page.is_checked("#live-sound")  # the sound is off until asked for
+    page.wait_for_selector("#live-frame.alert")  # the camera shows a polyp all along: the alert goes on
+    assert page.is_visible("#live-alert") and 0 <= float(page.text_content("#live-score")) <= 1
     page.wait_for_timeout(1500)  # let the fps figure settle for the screenshot
     assert float(page.text_content("#live-latency")) > 0
     _shot(page, "live")
     page.click("#live-stop")
+    assert page.locator("#live-frame.alert").count() == 0 and not page.is_visible("#live-alert")

@@ -56,6 +56,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.websockets import WebSocketDisconnect
 
 from . import __version__
+from .alerts import AlertRule, AlertTracker
 from .errors import PolypsegError
 from .predict import DEFAULT_MODEL, PRETRAINED_DIR, Predictor, describe
 
@@ -422,6 +423,7 @@ class Job:
         if self.status == "done":
             out["video_url"] = f"{prefix}/{self.id}/video"
             out["csv_url"] = f"{prefix}/{self.id}/csv"
+            out["events_url"] = f"{prefix}/{self.id}/events"
         return out
 
 
@@ -447,19 +449,39 @@ class _CountingPredictor:
         return out
 
 
-def segment_video(predictor, source: Path, out_mp4: Path, out_csv: Path) -> dict:
-    """The one place serve calls polypseg.video: the overlay video (an .mp4 is H.264, which browsers play)
-    and the per-frame CSV; returns the figures and the timeline."""
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def segment_video(predictor, source: str | Path, out_mp4: str | Path, out_csv: str | Path,
+                  url: str | None = None) -> dict:
+    """The one place serve calls polypseg.video: the overlay video (an .mp4 is H.264, which browsers play),
+    the per-frame CSV and beside the video the alerts (``NAME.events.csv``, thumbnails in ``NAME.alerts/``,
+    ``NAME.summary.json``). Returns the figures, the per-frame ``timeline`` (verdict), ``area``, ``score``
+    and ``alert``, the alert ``events`` as in the events CSV (each with ``index``, from 1, ``thumbnail``
+    relative to the video's folder, and ``thumbnail_url``: ``{url}/alerts/{index}.jpg``, or without ``url``
+    the file's ``file://`` URI) and their ``summary`` (as in the summary JSON, without the source path)."""
     from .video import run_video
 
+    out_mp4, out_csv = Path(out_mp4), Path(out_csv)
     stats = run_video(source, predictor, out_path=out_mp4, csv_path=out_csv, show_progress=False)
-    with open(out_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _read_csv(out_csv)
+    events = []
+    for row in _read_csv(stats.events_csv):  # the CSV's figures, so that the JSON says what the file says
+        event = {k: v if k == "thumbnail" else int(v) if k in ("index", "peak_frame") else float(v)
+                 for k, v in row.items()}
+        thumbnail = out_mp4.parent / event["thumbnail"]
+        event["thumbnail_url"] = (None if not thumbnail.is_file() else
+                                  f"{url}/alerts/{event['index']}.jpg" if url else thumbnail.resolve().as_uri())
+        events.append(event)
     present = [int(r["polyp_present"]) for r in rows]
     return {
         "frames": stats.frames, "skipped": stats.skipped, "seconds": round(stats.seconds, 2),
         "fps": round(stats.fps, 1), "polyp_frames": sum(present),
         "timeline": present, "area": [float(r["area_fraction"]) for r in rows],
+        "score": [float(r["polyp_score"]) for r in rows], "alert": [int(r["alert"]) for r in rows],
+        "events": events, "summary": {k: v for k, v in stats.summary.items() if k != "source"},
     }
 
 
@@ -522,8 +544,8 @@ class JobManager:
                 continue
             job.status = "running"
             try:
-                job.result = segment_video(_CountingPredictor(self.predictor, job), job.input,
-                                           job.folder / "overlay.mp4", job.folder / "frames.csv")
+                job.result = segment_video(_CountingPredictor(self.predictor, job), job.input, job.folder / "overlay.mp4",
+                                           job.folder / "frames.csv", url=f"{videos.prefix}/{job.id}")
                 job.status = "done"
             except JobCancelled:
                 job.status = "cancelled"
@@ -585,6 +607,7 @@ def model_info(predictor) -> dict[str, Any]:
         "threshold": predictor.threshold,
         "verdict": cfg.verdict,
         "operating_point": predictor.operating_point,
+        "alert_rule": live_alert_rule(predictor).as_dict(),
         "training_data": data or f"{cfg.data} ({cfg.split_strategy} split, seed {cfg.seed})",
         "validation_dice": round(metrics["val_dice"], 3) if math.isfinite(metrics.get("val_dice", math.nan)) else None,
         "epoch": epoch,
@@ -749,15 +772,20 @@ def _job(job_id: str, state: State) -> Job:
 
 @videos.get("/{job_id}")
 def get_video_job(job_id: str, state: State = Depends(get_state)) -> dict:
-    """Status and progress; when done, the figures, the per-frame timeline and the download links."""
+    """Status and progress; when done, the figures, the per-frame timeline, scores and alerts, the alert
+    events and their summary, and the download links."""
     return _job(job_id, state).public(videos.prefix)
 
 
-def _result_file(job_id: str, state: State, name: str) -> Path:
+def _done_job(job_id: str, state: State) -> Job:
     job = _job(job_id, state)
     if job.status != "done":
         raise HTTPException(409, f"the job is {job.status}, not done")
-    return job.folder / name
+    return job
+
+
+def _result_file(job_id: str, state: State, name: str) -> Path:
+    return _done_job(job_id, state).folder / name
 
 
 @videos.get("/{job_id}/video", response_class=FileResponse)
@@ -769,8 +797,28 @@ def get_video_result(job_id: str, state: State = Depends(get_state)):
 
 @videos.get("/{job_id}/csv", response_class=FileResponse)
 def get_video_csv(job_id: str, state: State = Depends(get_state)):
-    """One row per frame: frame, polyp_present, area_fraction, mean_confidence, latency_ms."""
+    """One row per frame: frame, time_ms, polyp_score, polyp_present, area_fraction, mean_confidence,
+    smoothed_score, alert, latency_ms."""
     return FileResponse(_result_file(job_id, state, "frames.csv"), media_type="text/csv", filename="frames.csv")
+
+
+@videos.get("/{job_id}/events", response_class=FileResponse)
+def get_video_events(job_id: str, state: State = Depends(get_state)):
+    """One row per alert: index, start_ms, end_ms, duration_ms, first_crossing_ms, peak_score, peak_area,
+    peak_frame, thumbnail."""
+    return FileResponse(_result_file(job_id, state, "overlay.events.csv"), media_type="text/csv",
+                        filename="events.csv")
+
+
+@videos.get("/{job_id}/alerts/{index:int}.jpg", response_class=FileResponse)
+def get_alert_thumbnail(job_id: str, index: int, state: State = Depends(get_state)):
+    """Alert ``index``'s thumbnail (from 1): the overlay frame at its peak, 240 px wide."""
+    job = _done_job(job_id, state)
+    events = job.result["events"]
+    path = job.folder / events[index - 1]["thumbnail"] if 1 <= index <= len(events) else None
+    if path is None or not path.is_file():
+        raise HTTPException(404, f"the video has no alert {index}")
+    return FileResponse(path, media_type="image/jpeg")
 
 
 @videos.delete("/{job_id}", status_code=204)
@@ -786,12 +834,15 @@ live = APIRouter(tags=["live"])
 
 @live.websocket("/api/v1/live")
 async def live_stream(ws: WebSocket):
-    """Camera frames in (binary JPEG/PNG messages, or text ``{"threshold": x}``), one JSON answer per
-    frame out: ``describe`` of the frame plus ``server_ms``, or ``{"busy": true}`` (the frame was
-    dropped), or ``{"error": ...}``. Clients send a frame only after the previous answer: slow frames
-    are then dropped at the camera, never queued."""
+    """Camera frames in (binary JPEG/PNG messages, or text ``{"threshold": x}``: the mask's threshold, not
+    the verdict's), one JSON answer per frame out: ``describe`` of the frame plus ``server_ms`` and the
+    alert (``live_alert``), or ``{"busy": true}`` (the frame was dropped), or ``{"error": ...}``. Clients
+    send a frame only after the previous answer: slow frames are then dropped at the camera, never queued.
+    Each connection has its own alert tracker, fed the frames answered (not busy or bad ones), timed when
+    they arrive."""
     state: State = ws.app.state.polypseg
     await ws.accept()
+    tracker, opened = AlertTracker(live_alert_rule(state.predictor)), time.monotonic()
     threshold = None
     limit = int(state.settings.max_upload_mb * 2**20)
     try:
@@ -803,6 +854,7 @@ async def live_stream(ws: WebSocket):
                 threshold = _live_threshold(message["text"], threshold)
                 continue
             data = message.get("bytes") or b""
+            received_ms = 1000 * (time.monotonic() - opened)
             begin = time.perf_counter()
             if len(data) > limit:
                 await ws.send_json({"error": "frame over the upload limit"})
@@ -816,9 +868,25 @@ async def live_stream(ws: WebSocket):
                 await ws.send_json({"error": _one_line(err)})
                 continue
             info["server_ms"] = round(1000 * (time.perf_counter() - begin), 1)
+            info.update(live_alert(tracker, received_ms, info))
             await ws.send_json(info)
     except WebSocketDisconnect:
         return
+
+
+def live_alert_rule(predictor) -> AlertRule:
+    """The live stream's alert rule: polypseg.alerts' defaults at the model's operating point."""
+    return AlertRule().resolved(predictor.operating_point)
+
+
+def live_alert(tracker: AlertTracker, t_ms: float, info: dict) -> dict:
+    """One answered live frame through its connection's tracker: ``t_ms`` (when it arrived, ms since the
+    connection opened; kept increasing), ``smoothed_score``, ``alert``, ``alert_started``, ``alert_ended``."""
+    last = tracker.last_ms
+    t = round(t_ms, 3) if last is None or round(t_ms, 3) > last else round(last + 0.001, 3)
+    s = tracker.update(t, info["polyp_score"], info["area_fraction"])
+    return {"t_ms": t, "smoothed_score": round(s.smoothed, 4), "alert": s.alert, "alert_started": s.started,
+            "alert_ended": s.ended}
 
 
 def _live_threshold(text: str, current: float | None) -> float | None:

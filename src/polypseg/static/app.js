@@ -5,6 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const GREEN = [0, 255, 0];
 const ALPHA = 0.35; // the fill's opacity, as in polypseg.viz.overlay
+const AMBER = "#ffb000"; // alerts, as in polypseg.video's border
 
 async function api(path, options) {
   const response = await fetch(path, options);
@@ -31,7 +32,8 @@ api("/api/v1/model").then((m) => {
 
 // --- Images: the probability map comes once; the slider redraws in the browser ---------------------
 
-const frames = []; // {name, bitmap, prob (Uint8Array, 0-255), width, height, overlay canvas, stats element}
+// {name, bitmap, prob (Uint8Array, 0-255), width, height, verdict {present, score, point}, overlay canvas, stats element}
+const frames = [];
 
 function setThreshold(t) {
   $("threshold").value = t;
@@ -94,14 +96,23 @@ async function segmentImage(file) {
   stats.className = "stats";
   card.append(title, pair, stats);
   $("results").append(card);
-  return { name: file.name, bitmap, prob, width, height, overlay, stats };
+  const verdict = { present: info.polyp_present, score: info.polyp_score, point: info.operating_point };
+  return { name: file.name, bitmap, prob, width, height, verdict, overlay, stats };
 }
 
+// The slider moves the mask's threshold only; the frame's verdict is the server's, and with "no polyp"
+// nothing is drawn, as the server draws nothing.
 function maskAt(frame) {
   const cut = Math.round(Number($("threshold").value) * 255);
   const mask = new Uint8Array(frame.prob.length);
+  if (!frame.verdict.present) return mask;
   for (let i = 0; i < mask.length; i++) mask[i] = frame.prob[i] >= cut ? 1 : 0;
   return mask;
+}
+
+function verdictText({ present, score, point }) {
+  const against = point === null ? "" : ` ${present ? "≥" : "<"} ${point.toFixed(2)}`;
+  return present ? `<b>polyp</b> (score ${score.toFixed(2)}${against})` : `<b>no polyp</b>, score ${score.toFixed(2)}${against}`;
 }
 
 function draw(frame) {
@@ -128,7 +139,7 @@ function draw(frame) {
   ctx.putImageData(image, 0, 0);
   const regions = countRegions(mask, w, h);
   frame.figures = { area: area / (w * h), regions, confidence: area ? sum / area / 255 : null };
-  frame.stats.innerHTML = `polyp area <b>${(100 * frame.figures.area).toFixed(1)}%</b> · regions <b>${regions}</b>` +
+  frame.stats.innerHTML = `${verdictText(frame.verdict)} · polyp area <b>${(100 * frame.figures.area).toFixed(1)}%</b> · regions <b>${regions}</b>` +
     ` · confidence <b>${area ? frame.figures.confidence.toFixed(2) : "–"}</b> (mean probability inside the mask)`;
 }
 
@@ -157,7 +168,7 @@ function countRegions(mask, w, h) {
 
 $("zip").addEventListener("click", async () => {
   const t = Number($("threshold").value);
-  const rows = ["image,width,height,threshold,polyp_present,area_fraction,regions,confidence"];
+  const rows = ["image,width,height,threshold,polyp_score,polyp_present,area_fraction,regions,confidence"];
   const files = [];
   for (const f of frames) {
     const mask = maskAt(f);
@@ -173,7 +184,7 @@ $("zip").addEventListener("click", async () => {
     const stem = f.name.replace(/\.[^.]*$/, "");
     files.push({ name: `masks/${stem}.png`, data: png });
     const g = f.figures;
-    rows.push([JSON.stringify(f.name), f.width, f.height, t, g.area > 0 ? 1 : 0, g.area.toFixed(6), g.regions,
+    rows.push([JSON.stringify(f.name), f.width, f.height, t, f.verdict.score, f.verdict.present ? 1 : 0, g.area.toFixed(6), g.regions,
                g.confidence === null ? "" : g.confidence.toFixed(4)].join(","));
   }
   files.push({ name: "predictions.csv", data: new TextEncoder().encode(rows.join("\n") + "\n") });
@@ -233,6 +244,8 @@ $("video-file").addEventListener("change", async (e) => {
   status.className = "";
   $("video-progress").value = 0;
   $("video-csv").classList.add("hidden");
+  $("video-events").classList.add("hidden");
+  $("video-alerts").replaceChildren();
   try {
     status.textContent = "uploading…";
     const form = new FormData();
@@ -249,28 +262,55 @@ $("video-file").addEventListener("change", async (e) => {
     $("video-progress").value = 1;
     const r = job.result;
     status.textContent = "done";
-    $("video-summary").textContent = `${r.frames} frames, polyp seen in ${r.polyp_frames}; ${r.fps} fps on the server`;
+    const s = r.summary;
+    $("video-summary").textContent = `${r.frames} frames, polyp seen in ${r.polyp_frames}; ${s.alerts} alert(s),` +
+      ` ${s.alerts_per_minute.toFixed(1)} per minute, alerted ${(100 * s.alerted_share).toFixed(0)}% of the time;` +
+      ` ${r.fps} fps on the server`;
     $("video-player").src = job.video_url;
     $("video-csv").href = job.csv_url;
+    $("video-events").href = job.events_url;
     $("video-csv").classList.remove("hidden");
-    drawTimeline(r.timeline);
+    $("video-events").classList.remove("hidden");
+    drawTimeline(r.timeline, r.alert);
+    listAlerts(r.events);
   } catch (err) {
     status.textContent = `error: ${err.message}`;
     status.className = "error";
   }
 });
 
-function drawTimeline(timeline) {
+// the verdict per frame in green, the frames under an alert as an amber band on top
+function drawTimeline(timeline, alerts) {
   const canvas = $("timeline"), ctx = canvas.getContext("2d");
   ctx.fillStyle = "#2b3340";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const step = canvas.width / Math.max(1, timeline.length), band = Math.round(canvas.height / 3);
   ctx.fillStyle = "#3fbf5f";
-  const step = canvas.width / Math.max(1, timeline.length);
-  timeline.forEach((seen, i) => { if (seen) ctx.fillRect(i * step, 0, Math.max(1, step), canvas.height); });
+  timeline.forEach((seen, i) => { if (seen) ctx.fillRect(i * step, band, Math.max(1, step), canvas.height - band); });
+  ctx.fillStyle = AMBER;
+  alerts.forEach((on, i) => { if (on) ctx.fillRect(i * step, 0, Math.max(1, step), band); });
   canvas.onclick = (e) => {
     const video = $("video-player");
     if (video.duration) video.currentTime = (e.offsetX / canvas.clientWidth) * video.duration;
   };
+}
+
+const clock = (ms) => `${Math.floor(ms / 60000)}:${(ms / 1000 % 60).toFixed(1).padStart(4, "0")}`;
+
+function listAlerts(events) {
+  const list = $("video-alerts");
+  for (const e of events) {
+    const item = document.createElement("li");
+    if (e.thumbnail_url) {
+      const img = document.createElement("img");
+      img.src = e.thumbnail_url;
+      img.alt = `alert ${e.index}`;
+      item.append(img);
+    }
+    item.append(`${clock(e.start_ms)}–${clock(e.end_ms)} · ${(e.duration_ms / 1000).toFixed(1)} s · peak ${e.peak_score.toFixed(2)}`);
+    item.addEventListener("click", () => { $("video-player").currentTime = e.start_ms / 1000; });
+    list.append(item);
+  }
 }
 
 // --- Live: camera -> JPEG over a WebSocket, at most one frame in flight ---------------------------
@@ -299,6 +339,7 @@ $("live-start").addEventListener("click", async () => {
 });
 
 $("live-stop").addEventListener("click", () => {
+  showAlert(false);
   live.ws?.close();
   live.stream?.getTracks().forEach((t) => t.stop());
   live.ws = live.stream = null;
@@ -326,6 +367,29 @@ function tick() {
   else requestAnimationFrame(tick);
 }
 
+// The alert: the server's tracker decides (onset and release in ms); the page frames the picture in amber
+// and, when asked, beeps as an alert starts (WebAudio, made on the click that turns the sound on).
+let audio = null;
+$("live-sound").addEventListener("change", (e) => {
+  if (e.target.checked) { audio = audio || new AudioContext(); audio.resume(); }
+});
+
+function beep() {
+  if (!audio || !$("live-sound").checked) return;
+  const osc = audio.createOscillator(), gain = audio.createGain(), now = audio.currentTime;
+  osc.frequency.value = 880;
+  gain.gain.setValueAtTime(0.25, now);
+  gain.gain.exponentialRampToValueAtTime(0.001, now + 0.25);
+  osc.connect(gain).connect(audio.destination);
+  osc.start(now);
+  osc.stop(now + 0.25);
+}
+
+function showAlert(on) {
+  $("live-frame").classList.toggle("alert", on);
+  $("live-alert").hidden = !on;
+}
+
 function onAnswer(event) {
   const answer = JSON.parse(event.data);
   const now = performance.now();
@@ -341,6 +405,9 @@ function onAnswer(event) {
   $("live-fps").textContent = fps.toFixed(1);
   $("live-latency").textContent = (now - live.sentAt).toFixed(0);
   $("live-server").textContent = answer.server_ms.toFixed(0);
+  $("live-score").textContent = answer.polyp_score.toFixed(2);
+  showAlert(answer.alert);
+  if (answer.alert_started) beep();
 
   // the overlay is drawn on the very frame that was analysed
   const canvas = $("live-canvas"), ctx = canvas.getContext("2d");
@@ -357,8 +424,8 @@ function onAnswer(event) {
     ctx.stroke();
   }
   ctx.fillStyle = "rgba(0, 0, 0, 0.6)";
-  ctx.fillRect(0, 0, 150, 22);
+  ctx.fillRect(0, 0, 210, 22);
   ctx.fillStyle = answer.polyp_present ? "rgb(0, 255, 0)" : "#fff";
   ctx.font = "14px system-ui";
-  ctx.fillText(`polyp ${(100 * answer.area_fraction).toFixed(1)}%`, 6, 16);
+  ctx.fillText(`polyp ${(100 * answer.area_fraction).toFixed(1)}% · score ${answer.polyp_score.toFixed(2)}`, 6, 16);
 }
