@@ -39,8 +39,13 @@ def _sets_test_metrics(combined: dict, split: dict) -> dict:
     out = {"test_split": f"{split['strategy']} (seed {split.get('seed', '?')}) of {', '.join(split['folders'])}"}
     for t in combined["test_sets"]:
         name = t["selection"]["name"]
-        out[f"test_mdice_per_image_{name}"] = t["metrics"]["per-image"]["dice"]
-        out[f"test_miou_per_image_{name}"] = t["metrics"]["per-image"]["iou"]
+        if t.get("metrics"):  # sets of polyp-free frames (or polyp frames without masks) have none
+            out[f"test_mdice_per_image_{name}"] = t["metrics"]["per-image"]["dice"]
+            out[f"test_miou_per_image_{name}"] = t["metrics"]["per-image"]["iou"]
+        frame = t.get("frame") or {}
+        for key in ("sensitivity", "specificity", "auc", "fa_at_target"):
+            if frame.get(key) is not None:
+                out[f"test_frame_{key}_{name}"] = frame[key]
     return out
 
 
