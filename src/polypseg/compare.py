@@ -16,7 +16,7 @@ import numpy as np
 
 from .data import read_csv_rows
 from .errors import PolypsegError
-from .metrics import METRICS, bootstrap_mean_ci, roc_auc
+from .metrics import METRICS, bootstrap_mean_ci, roc_auc, roc_auc_ci
 from .progress import text_table
 
 COMPARABLE = (*METRICS, "hd95")
@@ -104,13 +104,7 @@ def compare_frames(a: str | Path, b: str | Path, resamples: int = 1000, seed: in
         row["auc_diff"], row["auc_ci"] = None, None
         if row["auc_a"] is not None:
             row["auc_diff"] = row["auc_b"] - row["auc_a"]
-            rng = np.random.default_rng(seed)
-            pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-            draws = []
-            for _ in range(resamples):
-                idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
-                draws.append(roc_auc(sb[idx], y[idx]) - roc_auc(sa[idx], y[idx]))
-            row["auc_ci"] = tuple(float(v) for v in np.percentile(draws, [2.5, 97.5]))
+            row["auc_ci"] = roc_auc_ci(sb, y, resamples, seed, paired_with=sa)
         rows.append(row)
     return rows
 

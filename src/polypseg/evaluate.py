@@ -28,7 +28,7 @@ from .errors import PolypsegError
 from .config import Config
 from .files import check_writable
 from .model import read_checkpoint_meta, resolve_checkpoint
-from .predict import Predictor
+from .predict import Predictor, score_sources
 from .progress import progress as progress_lines
 from .progress import text_table
 from .splits import SIDES, leak_sentence, leak_text, load_split, split_pairs, with_index
@@ -300,7 +300,7 @@ def _seen_in_training(run_dir: Path, index, cfg, data, ids: list[str]) -> int | 
     return len(set(ids) & set(s.train + s.val))
 
 
-def frame_label(pair: Pair, mask: np.ndarray) -> int:
+def frame_label(pair: Pair, mask: np.ndarray | None) -> int:
     """1 when the frame shows a polyp (its mask is not empty, or it is a polyp frame without a mask)."""
     return int(pair.polyp) if pair.mask is None else int(mask.any())
 
@@ -324,15 +324,16 @@ def _evaluate_into(
         image, mask = load_pair(pair) if pair.mask is not None or pair.polyp is False else (read_image(pair.image), None)
         prediction = predictor.predict(image)
         prob = prediction.prob
-        label = int(pair.polyp) if mask is None else frame_label(pair, mask)
+        label = frame_label(pair, mask)
         shown = prediction.mask(threshold)
+        sources = score_sources(prob, prediction.head, threshold)
         row: dict[str, Any] = {
             "id": pair.id, "sequence": pair.sequence, "height": image.shape[0], "width": image.shape[1],
             "polyp": label, "polyp_score": prediction.score, "polyp_present": int(prediction.polyp_present),
-            "shown_area": float(shown.mean()), "head_score": prediction.head, "peak_probability": float(prob.max()),
-            "area_at_threshold": float((prob >= threshold).mean()), **{k: None for k in SEG_COLUMNS},
+            "shown_area": float(shown.mean()), "head_score": sources.get("head"), "peak_probability": sources["peak"],
+            "area_at_threshold": sources["area"], **{k: None for k in SEG_COLUMNS},
         }
-        if label and mask is not None and (pair.mask is not None):
+        if label and pair.mask is not None:
             pred = prob >= threshold
             sod.add(prob, mask)
             c = metrics.confusion(pred, mask)

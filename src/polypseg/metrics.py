@@ -197,20 +197,29 @@ def roc_points(scores_: np.ndarray, labels: np.ndarray) -> dict[str, list[float]
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.minimum(thr, 1e9).tolist()}
 
 
+def _stratified_draws(labels: np.ndarray, resamples: int, seed: int):
+    """Index arrays of bootstrap draws, polyp and polyp-free frames resampled each within its own kind
+    (every draw has both), seeded."""
+    y = np.asarray(labels).astype(bool)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    rng = np.random.default_rng(seed)
+    for _ in range(resamples):
+        yield np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
+
+
 def roc_auc_ci(scores_: np.ndarray, labels: np.ndarray, resamples: int = 1000, seed: int = 0,
-               level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the AUC, polyp and polyp-free frames resampled each within its own
-    kind (stratified: every draw has both); None without both kinds."""
-    s, y = np.asarray(scores_, np.float64), np.asarray(labels).astype(bool)
-    pos, neg = s[y], s[~y]
-    if not len(pos) or not len(neg) or resamples <= 0:
+               level: float = 0.95, paired_with: np.ndarray | None = None) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the AUC (stratified draws: every one has both kinds of frame); with
+    ``paired_with`` (another model's scores of the same frames), of the paired difference AUC(scores) -
+    AUC(paired_with) over the same draws. None without both kinds."""
+    s, y = np.asarray(scores_, np.float64), np.asarray(labels).astype(int)
+    if y.min(initial=1) == y.max(initial=0) or resamples <= 0:
         return None
     from sklearn.metrics import roc_auc_score
 
-    rng = np.random.default_rng(seed)
-    truth = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    draws = [roc_auc_score(truth, np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-             for _ in range(resamples)]
+    other = None if paired_with is None else np.asarray(paired_with, np.float64)
+    draws = [roc_auc_score(y[i], s[i]) - (0.0 if other is None else roc_auc_score(y[i], other[i]))
+             for i in _stratified_draws(y, resamples, seed)]
     return _percentiles(np.asarray(draws), level)
 
 

@@ -170,16 +170,25 @@ class Prediction(NamedTuple):
         return (self.prob >= threshold) & self.polyp_present
 
 
+# The polyp scores a frame can have, by name (``Config.verdict`` picks one): the highest pixel
+# probability, the share of the frame at or above the mask threshold, the image-level head's probability.
+_SCORES = {
+    "peak": lambda prob, head, threshold: float(prob.max()) if prob.size else 0.0,
+    "area": lambda prob, head, threshold: float((prob >= threshold).mean()),
+    "head": lambda prob, head, threshold: float(head),
+}
+
+
+def score_sources(prob: np.ndarray, head: float | None, threshold: float) -> dict[str, float]:
+    """Every polyp score a frame has (``head`` only for models with an image-level head)."""
+    return {name: score(prob, head, threshold) for name, score in _SCORES.items() if name != "head" or head is not None}
+
+
 def polyp_score(cfg: Config, prob: np.ndarray, head: float | None) -> float:
-    """The frame's polyp score by ``cfg.verdict``: the head's probability, the highest pixel probability
-    (``peak``) or the share of the frame at or above the mask threshold (``area``)."""
-    if cfg.verdict == "head":
-        if head is None:
-            raise PolypsegError("This model has no image-level head, so its verdict cannot be 'head'.")
-        return float(head)
-    if cfg.verdict == "area":
-        return float((prob >= cfg.decision_threshold).mean())
-    return float(prob.max()) if prob.size else 0.0
+    """The frame's polyp score by ``cfg.verdict``: one of ``score_sources``, computed alone."""
+    if cfg.verdict == "head" and head is None:
+        raise PolypsegError("This model has no image-level head, so its verdict cannot be 'head'.")
+    return _SCORES[cfg.verdict](prob, head, cfg.decision_threshold)
 
 
 # ---------------------------------------------------------------------------------------------------

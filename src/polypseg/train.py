@@ -490,11 +490,11 @@ def calibrate(run: str | Path, sensitivity: float | None = None) -> Path:
     run = Path(run)
     if not (run / "split.json").is_file() or not (run / "best.safetensors").is_file():
         raise PolypsegError(f"'{run}' is not a trained run folder (split.json and best.safetensors).")
+    if sensitivity is not None and not 0 < sensitivity <= 1:
+        raise PolypsegError(f"--sensitivity must lie in (0, 1], got {sensitivity}.")
     cfg = Config.load(run / "config.json")
     if sensitivity is not None:
         cfg = cfg.replace(verdict_sensitivity=float(sensitivity))
-        if not 0 < sensitivity <= 1:
-            raise PolypsegError(f"--sensitivity must lie in (0, 1], got {sensitivity}.")
     cfg.save(run / "config.json")
     _update_checkpoints(run, {"verdict_sensitivity": cfg.verdict_sensitivity}, {})
     index = index_dataset(cfg.data, negatives=cfg.negatives)
@@ -539,20 +539,18 @@ def _choose_operating_point(run: Path, val_pairs) -> None:
     choice of ``verdict`` is made on numbers (docs/training-log.md)."""
     from .data import load_pair
     from .metrics import frame_counts, frame_rates, operating_point_for, roc_auc
-    from .predict import Predictor
+    from .predict import Predictor, score_sources
 
     predictor = Predictor(run / "best.safetensors")
     cfg = predictor.config
-    rows = []
+    labels, rows = [], []
     for pair in val_pairs:
         image, mask = load_pair(pair)
         pred = predictor.predict(image)
-        rows.append((float(mask.any()), pred.head, float(pred.prob.max()),
-                     float((pred.prob >= cfg.decision_threshold).mean())))
-    labels = np.array([r[0] for r in rows])
-    sources = {"peak": np.array([r[2] for r in rows]), "area": np.array([r[3] for r in rows])}
-    if cfg.aux_head:
-        sources["head"] = np.array([r[1] for r in rows])
+        labels.append(float(mask.any()))
+        rows.append(score_sources(pred.prob, pred.head, cfg.decision_threshold))
+    labels = np.array(labels)
+    sources = {name: np.array([r[name] for r in rows]) for name in rows[0]}
     aucs = {name: roc_auc(v, labels) for name, v in sources.items()}
     point = operating_point_for(sources[cfg.verdict], labels, cfg.verdict_sensitivity)
     rates = frame_rates(frame_counts(sources[cfg.verdict], labels, point))
