@@ -4,6 +4,6 @@
 # scripts/setup-browser.sh installs when run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh all,test
+scripts/setup.sh all,scale,test
 scripts/setup-browser.sh   # Chromium for the browser tests of `polypseg serve`
 .venv/bin/python -m pytest "$@"

@@ -218,12 +218,17 @@ def _predict(args) -> int:
     return 0
 
 
-def _video(args) -> int:
+def _alert_rule(args):
     from .alerts import AlertRule
+
+    return AlertRule(threshold=args.alert_threshold, smoothing_ms=args.alert_smoothing_ms,
+                     onset_ms=args.alert_onset_ms, release_ms=args.alert_release_ms)
+
+
+def _video(args) -> int:
     from .video import output_paths, run_video
 
-    rule = AlertRule(threshold=args.alert_threshold, smoothing_ms=args.alert_smoothing_ms,
-                     onset_ms=args.alert_onset_ms, release_ms=args.alert_release_ms)
+    rule = _alert_rule(args)
     output_paths(args.output, args.csv)  # checked before the model loads
     stats = run_video(
         args.source, _predictor(args), args.output, csv_path=args.csv, max_frames=args.max_frames,
@@ -231,6 +236,18 @@ def _video(args) -> int:
     )
     print(stats)
     return 0
+
+
+def _batch(args) -> int:
+    from .batch import run_batch
+
+    result = run_batch(
+        args.inputs, args.output, checkpoint=args.run, backend=args.backend, address=args.address,
+        workers=args.workers, threads=args.threads, batch_size=args.batch_size, overlay=args.overlay,
+        rule=_alert_rule(args), fps=args.fps, show_progress=not args.no_progress, num_cpus=args.num_cpus,
+    )
+    print(result)
+    return 1 if result.errors else 0
 
 
 def _serve(args) -> int:
@@ -260,6 +277,21 @@ def _benchmark(args) -> int:
 
 
 # --- parser ---------------------------------------------------------------------------------
+
+def alert_flags(q: argparse.ArgumentParser) -> None:
+    """The alert rule's flags (video, batch)."""
+    from .alerts import DEFAULT_ONSET_MS, DEFAULT_RELEASE_MS, DEFAULT_SMOOTHING_MS
+
+    al = q.add_argument_group("alerts", "when the polyp score raises an alert (timed by the frames' timestamps)")
+    al.add_argument("--alert-threshold", type=float, metavar="T",
+                    help="alert when the smoothed polyp score is at or above this (default: the model's operating point)")
+    al.add_argument("--alert-smoothing-ms", type=float, default=DEFAULT_SMOOTHING_MS, metavar="MS",
+                    help=f"time constant of the score's moving average, 0: none (default {DEFAULT_SMOOTHING_MS:g})")
+    al.add_argument("--alert-onset-ms", type=float, default=DEFAULT_ONSET_MS, metavar="MS",
+                    help=f"the smoothed score stays above this long before an alert starts (default {DEFAULT_ONSET_MS:g})")
+    al.add_argument("--alert-release-ms", type=float, default=DEFAULT_RELEASE_MS, metavar="MS",
+                    help=f"and below this long before it ends (default {DEFAULT_RELEASE_MS:g})")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -373,18 +405,26 @@ def build_parser() -> argparse.ArgumentParser:
     vd.add_argument("--csv", help="per-frame CSV (default: beside the video)")
     vd.add_argument("--max-frames", type=int, help="stop after this many frames")
     vd.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from .alerts import DEFAULT_ONSET_MS, DEFAULT_RELEASE_MS, DEFAULT_SMOOTHING_MS
-
-    al = vd.add_argument_group("alerts", "when the polyp score raises an alert (timed by the frames' timestamps)")
-    al.add_argument("--alert-threshold", type=float, metavar="T",
-                    help="alert when the smoothed polyp score is at or above this (default: the model's operating point)")
-    al.add_argument("--alert-smoothing-ms", type=float, default=DEFAULT_SMOOTHING_MS, metavar="MS",
-                    help=f"time constant of the score's moving average, 0: none (default {DEFAULT_SMOOTHING_MS:g})")
-    al.add_argument("--alert-onset-ms", type=float, default=DEFAULT_ONSET_MS, metavar="MS",
-                    help=f"the smoothed score stays above this long before an alert starts (default {DEFAULT_ONSET_MS:g})")
-    al.add_argument("--alert-release-ms", type=float, default=DEFAULT_RELEASE_MS, metavar="MS",
-                    help=f"and below this long before it ends (default {DEFAULT_RELEASE_MS:g})")
+    alert_flags(vd)
     vd.set_defaults(func=_video)
+
+    bt = sub.add_parser("batch", help="an archive of exams (videos, frame folders) on Ray Data: per-exam results and an archive summary")
+    bt.add_argument("inputs", nargs="+", help="folders (searched recursively for videos and folders of frames), "
+                    "video files, or a .txt list of them (one per line)")
+    bt.add_argument("-o", "--output", required=True, help="output folder (a rerun skips the exams done there)")
+    bt.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
+    bt.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"],
+                    help="inference runtime of each worker (default onnxruntime)")
+    bt.add_argument("--address", help="join this Ray cluster (e.g. 10.0.0.5:6379, or auto); default: start Ray here")
+    bt.add_argument("--workers", type=int, help="model workers (Ray actors; default: the cluster's CPUs / --threads)")
+    bt.add_argument("--threads", type=int, help="inference threads per worker (default 1)")
+    bt.add_argument("--num-cpus", type=int, help="CPUs of the Ray started here (default: every core)")
+    bt.add_argument("--batch-size", type=int, default=16, help="frames per model call (default 16)")
+    bt.add_argument("--overlay", action="store_true", help="also write each exam's overlay video (overlay.mp4)")
+    bt.add_argument("--fps", type=float, help="frame rate of frame folders (default 25), or to override a video's")
+    bt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    alert_flags(bt)
+    bt.set_defaults(func=_batch)
 
     sv = sub.add_parser("serve", help="web app and HTTP API: images, video and the live camera in a browser")
     sv.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")

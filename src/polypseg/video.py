@@ -37,7 +37,7 @@ import av
 import cv2
 import numpy as np
 
-from .alerts import AlertEvent, AlertRule, AlertTracker, summary
+from .alerts import AlertEvent, AlertRule, AlertTracker, FrameState, summary
 from .data import folder_images, read_image
 from .errors import PolypsegError
 from .files import atomic_write_text, check_writable, publish, temp_path
@@ -235,7 +235,7 @@ def draw_overlay(image: np.ndarray, mask: np.ndarray, area_fraction: float, fps:
     return out
 
 
-def _jpeg(image: np.ndarray, width: int = THUMBNAIL_WIDTH) -> bytes:
+def jpeg_thumbnail(image: np.ndarray, width: int = THUMBNAIL_WIDTH) -> bytes:
     """RGB -> a small JPEG ``width`` pixels wide (never enlarged)."""
     h, w = image.shape[:2]
     if w > width:
@@ -378,13 +378,8 @@ class _Encoder(threading.Thread):
                     latency_ms += 1000 * (time.perf_counter() - begin)
                     self.stats.latencies_ms.append(latency_ms)
                     mask = prediction.mask(self.threshold)
-                    last = self.tracker.last_ms
-                    t_ms = round(t_ms, 3) if last is None or round(t_ms, 3) > last else round(last + 0.001, 3)
-                    row = {"frame": index, "time_ms": t_ms, **frame_stats(prediction, mask)}
-                    # the CSV's rounded figures: the events are what alerts.track gives on the CSV
-                    state = self.tracker.update(row["time_ms"], row["polyp_score"], row["area_fraction"], index)
-                    row.update(smoothed_score=round(state.smoothed, 6), alert=int(state.alert),
-                               latency_ms=round(latency_ms, 2))
+                    row, state = track_frame(self.tracker, index, t_ms, frame_stats(prediction, mask))
+                    row["latency_ms"] = round(latency_ms, 2)
                     if state.ended:
                         self._thumbnail()
                     self.done_times.append(time.perf_counter())
@@ -423,7 +418,7 @@ class _Encoder(threading.Thread):
     def _thumbnail(self) -> None:
         """The alert that just ended: its peak frame as ``alert-NNN.jpg``."""
         if self.peak_frame is not None:
-            (self.alerts_tmp / _thumbnail_name(len(self.tracker.events))).write_bytes(_jpeg(self.peak_frame))
+            (self.alerts_tmp / thumbnail_name(len(self.tracker.events))).write_bytes(jpeg_thumbnail(self.peak_frame))
         self.peak_frame = None
 
     def _live_fps(self) -> float | None:
@@ -540,11 +535,11 @@ def run_video(
             # there is a playable file and its alerts, published even after an error. The video first (a
             # CSV never appears without its video), the summary last.
             if stats.frames > 0:
-                stats.summary = _summary(stats, predictor.operating_point)
+                stats.summary = video_summary(stats, predictor.operating_point)
                 publish(video_tmp, out)
                 publish(csv_tmp, csv_out)
-                _publish_folder(alerts_tmp, alerts_dir, keep=bool(stats.events))
-                atomic_write_text(events_csv, _events_csv(stats.events, alerts_dir.name))
+                publish_folder(alerts_tmp, alerts_dir, keep=bool(stats.events))
+                atomic_write_text(events_csv, events_csv_text(stats.events, alerts_dir.name))
                 atomic_write_text(summary_json, json.dumps(stats.summary, indent=2) + "\n")
         finally:
             video_tmp.unlink(missing_ok=True)
@@ -589,22 +584,34 @@ def alert_paths(out: Path) -> tuple[Path, Path, Path]:
     return out.with_suffix(".events.csv"), out.with_suffix(".alerts"), out.with_suffix(".summary.json")
 
 
-def _thumbnail_name(number: int) -> str:
+def track_frame(tracker: AlertTracker, index: int, t_ms: float, stats: dict) -> tuple[dict, FrameState]:
+    """One frame's CSV row (``CSV_FIELDS`` but latency) and alert state: ``stats`` is ``frame_stats``'s dict.
+    Times are rounded to the CSV's 1 us and kept increasing; the tracker sees the CSV's rounded figures, so
+    the events are what ``alerts.track`` gives on the CSV. polypseg.batch calls it too."""
+    last = tracker.last_ms
+    t_ms = round(t_ms, 3) if last is None or round(t_ms, 3) > last else round(last + 0.001, 3)
+    row = {"frame": index, "time_ms": t_ms, **stats}
+    state = tracker.update(row["time_ms"], row["polyp_score"], row["area_fraction"], index)
+    row.update(smoothed_score=round(state.smoothed, 6), alert=int(state.alert))
+    return row, state
+
+
+def thumbnail_name(number: int) -> str:
     return f"alert-{number:03d}.jpg"
 
 
-def _events_csv(events: list[AlertEvent], folder: str) -> str:
+def events_csv_text(events: list[AlertEvent], folder: str) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=EVENT_FIELDS, lineterminator="\n")
     writer.writeheader()
     for i, event in enumerate(events, 1):
         row = {k: round(v, 6 if k in ("peak_score", "peak_area") else 3) if isinstance(v, float) else v
                for k, v in event.as_dict().items()}
-        writer.writerow({"index": i, **row, "thumbnail": f"{folder}/{_thumbnail_name(i)}"})
+        writer.writerow({"index": i, **row, "thumbnail": f"{folder}/{thumbnail_name(i)}"})
     return buf.getvalue()
 
 
-def _summary(stats: VideoStats, operating_point: float) -> dict:
+def video_summary(stats: VideoStats, operating_point: float) -> dict:
     """What ``NAME.summary.json`` holds (and ``VideoStats.summary``)."""
     duration = stats.duration_ms
     figures = summary(stats.events, duration)
@@ -620,7 +627,7 @@ def _summary(stats: VideoStats, operating_point: float) -> dict:
     }
 
 
-def _publish_folder(tmp: Path, path: Path, keep: bool) -> None:
+def publish_folder(tmp: Path, path: Path, keep: bool) -> None:
     """Put the finished folder ``tmp`` at ``path`` (with ``keep``; else only remove an old ``path``): the
     old folder is moved aside first, so readers see the old one or the new one."""
     old = None

@@ -1,0 +1,672 @@
+"""`polypseg batch`: an archive of exams (videos and frame folders) segmented on Ray Data.
+
+The pipeline: one row per exam -> ``map_batches(decode_exams)`` decodes it into batches of frame rows
+(raw RGB bytes) -> ``map_batches`` with ``FrameSegmenter``, a callable class held by a pool of actors, each
+loading the model once with its own ONNX Runtime thread count -> rows of per-frame figures (and the
+shown mask, bit-packed, where there is one) streamed back to this process. Both stages ask for the same
+CPUs, so Ray Data fuses them: a worker decodes an exam and segments its frames as they are decoded. Here each exam's frames are gathered; when
+the last one has arrived, the exam's alerts are tracked in frame order (``polypseg.alerts``, through the
+same ``video.track_frame`` as ``polypseg video``) and its folder is written under a temporary name and
+renamed: the same per-frame CSV, events, thumbnails and summary that `polypseg video` writes, plus a
+timeline picture and, when asked, the overlay video (the exam decoded again here and drawn).
+
+Ray runs embedded (started by the command, every core of this machine) or joins a cluster (``address``);
+sources must be readable at the same path on every node. A worker that dies is restarted by Ray Data
+and its batch run again; frames are keyed by (exam, index), so none counts twice. A finished exam's
+folder holds ``summary.json``, so a rerun skips it; an exam that fails (unreadable file, no video
+stream, no decodable frame) goes to ``errors.csv`` with its reason and the others go on. At the end the
+archive's ``archive.csv`` and ``index.html`` cover every finished exam, this run's and earlier ones'.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .alerts import AlertRule, AlertTracker
+from .config import Config
+from .data import IMAGE_SUFFIXES, folder_images
+from .errors import PolypsegError
+from .files import atomic_write_text, check_writable
+from .model import load_checkpoint, read_checkpoint_meta
+from .predict import Predictor, frame_stats, resolve_model
+from .progress import progress_bar
+from .runtime import ONNX_SHA256_KEY, export_bytes, file_sha256, onnx_metadata, ort_session
+from .video import (
+    CSV_FIELDS, VideoStats, draw_overlay, events_csv_text, jpeg_thumbnail, open_source, publish_folder,
+    thumbnail_name, track_frame, video_summary, write_clip,
+)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".ts", ".mts", ".flv")
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+DONE = "summary.json"  # written last into an exam's folder, which is renamed into place when complete
+ARCHIVE_FIELDS = ("exam", "source", "frames", "skipped", "duration_s", "alerts", "alerts_per_minute",
+                  "alerted_share", "polyp_frame_share", "peak_score", "first_alert_s")
+ERROR_FIELDS = ("exam", "source", "reason")
+WAIT_FOR_WORKERS_S = 600
+INSTALL_HINT = "polypseg batch runs on Ray Data: install it with pip install 'polypseg[scale]' (or pip install 'ray[data]')."
+log = logging.getLogger("polypseg.batch")
+
+
+@dataclass(frozen=True)
+class Exam:
+    """One recorded exam: ``name`` is its folder under ``OUT/exams`` (its path below the input folder,
+    without a video suffix), ``source`` the video file or frame folder."""
+
+    name: str
+    source: str
+
+
+@dataclass
+class BatchResult:
+    out: Path
+    done: list[str] = field(default_factory=list)  # exams finished by this run
+    skipped: list[str] = field(default_factory=list)  # finished before (resumed)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+    frames_by_node: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        text = (f"{len(self.done)} exam(s) done, {len(self.skipped)} already done before, {len(self.errors)} failed; "
+                f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} fps) on {len(self.frames_by_node)} node(s)")
+        if self.errors:
+            text += f"\nfailed exams and why: {self.out / 'errors.csv'}"
+        return f"{text}\narchive: {self.out / 'archive.csv'} and {self.out / 'index.html'}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# finding exams
+
+
+def _is_video(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") for p in folder.iterdir())
+
+
+def _exams_below(root: Path) -> list[tuple[str, Path]]:
+    """(name, source) of every video and every folder holding images below ``root``, recursively."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here = Path(folder)
+        rel = here.relative_to(root)
+        for name in sorted(files):
+            path = here / name
+            if _is_video(path) and not name.startswith("."):
+                found.append(((rel / path.stem).as_posix(), path))
+        if _has_images(here):
+            found.append((root.name if rel == Path(".") else rel.as_posix(), here))
+    return found
+
+
+def _list_file(path: Path) -> list[tuple[str, Path]]:
+    found = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        item = Path(line) if Path(line).is_absolute() else path.parent / line
+        if not (_is_video(item) or (item.is_dir() and _has_images(item))):
+            raise PolypsegError(f"Line {number} of {path} names {line}, which is neither a video "
+                                f"({', '.join(VIDEO_SUFFIXES[:4])}, ...) nor a folder of images.")
+        found.append((item.stem if item.is_file() else item.name, item))
+    return found
+
+
+def find_exams(inputs: list[str | Path]) -> list[Exam]:
+    """Every exam in ``inputs``: folders (searched recursively for videos and folders of frames), video
+    files, and list files (``.txt``: one video or frame folder per line, relative to the list's folder;
+    ``#`` comments). Names that clash get ``-2``, ``-3``, ... in input order."""
+    found: list[tuple[str, Path]] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            below = _exams_below(path)
+            if not below:
+                raise PolypsegError(f"{path} holds no video ({', '.join(VIDEO_SUFFIXES[:4])}, ...) and no folder of images.")
+            found += below
+        elif _is_video(path):
+            found.append((path.stem, path))
+        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            found += _list_file(path)
+        elif path.exists():
+            raise PolypsegError(f"{path} is not a video ({', '.join(VIDEO_SUFFIXES)}), a folder or a list file "
+                                f"({', '.join(LIST_SUFFIXES)}).")
+        else:
+            raise PolypsegError(f"{path} does not exist. Give folders of exams, video files or a list file.")
+    exams, seen = [], Counter()
+    for name, source in found:
+        seen[name] += 1
+        exams.append(Exam(name if seen[name] == 1 else f"{name}-{seen[name]}", str(source.resolve())))
+    if not exams:
+        raise PolypsegError("No exams were found in the inputs.")
+    return exams
+
+
+# ---------------------------------------------------------------------------------------------------
+# the two Ray Data stages (run in Ray's worker processes)
+
+
+def _row(exam: str, kind: str, index: int = 0, time_ms: float = 0.0, note: str = "", frame: bytes = b"",
+         height: int = 0, width: int = 0) -> dict[str, Any]:
+    return {"exam": exam, "kind": kind, "index": index, "time_ms": time_ms, "note": note, "frame": frame,
+            "height": height, "width": width}
+
+
+def decode_exam(row: dict[str, Any], fps: float | None = None):
+    """flat_map: one exam -> its frames as rows (``kind`` "frame", raw RGB bytes), then one "end" row
+    (``index``: the frame count; ``note``: JSON with skipped frames and the frame rate), or one "error"
+    row with the reason instead."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    exam = row["exam"]
+    try:
+        src = open_source(row["source"])
+    except Exception as err:  # noqa: BLE001 - any reason is reported per exam
+        yield _row(exam, "error", note=str(err) or type(err).__name__)
+        return
+    try:
+        src.fps = fps or src.fps
+        frames = skipped = 0
+        for index, image, t_ms in src.frames():
+            if not isinstance(image, np.ndarray):
+                skipped += 1
+                continue
+            frames += 1
+            yield _row(exam, "frame", index, float(t_ms), frame=np.ascontiguousarray(image).tobytes(),
+                       height=image.shape[0], width=image.shape[1])
+    except Exception as err:  # noqa: BLE001
+        yield _row(exam, "error", note=f"decoding stopped: {err or type(err).__name__}")
+        return
+    finally:
+        src.close()
+    if frames == 0:
+        reason = f"none of its {skipped} frame(s) could be decoded" if skipped else "no frames (no video stream?)"
+        yield _row(exam, "error", note=reason)
+    else:
+        yield _row(exam, "end", frames, note=json.dumps({"skipped": skipped, "fps": src.fps}))
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    return {k: np.asarray([r[k] for r in rows], dtype=object if k in ("exam", "kind", "note", "frame") else None)
+            for k in rows[0]}
+
+
+def decode_exams(batch: dict[str, np.ndarray], fps: float | None = None, chunk: int = 32):
+    """map_batches (one exam per batch): ``decode_exam``'s rows in batches of ``chunk`` frames. A
+    map_batches rather than a flat_map, so that Ray Data fuses it with the model stage."""
+    for exam, source in zip(batch["exam"], batch["source"]):
+        rows = []
+        for row in decode_exam({"exam": str(exam), "source": str(source)}, fps):
+            rows.append(row)
+            if len(rows) == chunk:
+                yield _columns(rows)
+                rows = []
+        if rows:
+            yield _columns(rows)
+
+
+RESULT_COLUMNS = ("exam", "kind", "index", "time_ms", "note", "polyp_score", "polyp_present", "area_fraction",
+                  "mean_confidence", "latency_ms", "mask", "height", "width", "node")
+
+
+class FrameSegmenter:
+    """map_batches callable class: the model, loaded once per actor from the checkpoint's bytes, with
+    ``threads`` inference threads; frames of one size in a batch go through the network together."""
+
+    def __init__(self, model_files: dict[str, bytes], backend: str, threads: int, threshold: float | None):
+        import cv2
+        import ray
+
+        cv2.setNumThreads(1)
+        self.folder = Path(tempfile.mkdtemp(prefix="polypseg-batch-model-"))
+        for name, data in model_files.items():
+            (self.folder / name).write_bytes(data)
+        self.predictor = Predictor(self.folder / "model.safetensors", backend=backend, threads=threads)
+        self.threshold = self.predictor.threshold if threshold is None else threshold
+        self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["exam"])
+        out: dict[str, list] = {k: [] for k in RESULT_COLUMNS}
+        groups: dict[tuple, list] = defaultdict(list)
+        prepared = {}
+        for i in range(n):
+            if batch["kind"][i] != "frame":
+                continue
+            h, w = int(batch["height"][i]), int(batch["width"][i])
+            image = np.frombuffer(batch["frame"][i], np.uint8).reshape(h, w, 3)
+            begin = time.perf_counter()
+            x, geometry = self.predictor.prepare(image)
+            prepared[i] = (geometry, (h, w), time.perf_counter() - begin)
+            groups[x.shape].append((i, x))
+        results = {}
+        for items in groups.values():
+            begin = time.perf_counter()
+            probs, heads = self.predictor.forward(np.stack([x for _, x in items]))
+            share = (time.perf_counter() - begin) / len(items)
+            for j, (i, _) in enumerate(items):
+                geometry, hw, spent = prepared[i]
+                begin = time.perf_counter()
+                prediction = self.predictor.finish((probs[j], None if heads is None else float(heads[j])), geometry, hw)
+                mask = prediction.mask(self.threshold)
+                results[i] = (frame_stats(prediction, mask), mask,
+                              1000 * (spent + share + time.perf_counter() - begin))
+        for i in range(n):
+            for k in ("exam", "kind", "index", "time_ms", "note", "height", "width"):
+                out[k].append(batch[k][i])
+            stats, mask, latency = results.get(i, ({}, None, 0.0))
+            out["polyp_score"].append(stats.get("polyp_score", 0.0))
+            out["polyp_present"].append(stats.get("polyp_present", 0))
+            out["area_fraction"].append(stats.get("area_fraction", 0.0))
+            confidence = stats.get("mean_confidence", "")
+            out["mean_confidence"].append(np.nan if confidence == "" else confidence)
+            out["latency_ms"].append(round(latency, 2))
+            out["mask"].append(np.packbits(mask).tobytes() if mask is not None and mask.any() else b"")
+            out["node"].append(self.node)
+        return {k: np.asarray(v, dtype=object if k in ("mask", "exam", "kind", "note", "node") else None)
+                for k, v in out.items()}
+
+    def __del__(self):
+        shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# one exam's outputs, written here as soon as its last frame has arrived
+
+
+def _mask(row: dict[str, Any]) -> np.ndarray:
+    h, w = int(row["height"]), int(row["width"])
+    if not row["mask"]:
+        return np.zeros((h, w), bool)
+    return np.unpackbits(np.frombuffer(row["mask"], np.uint8), count=h * w).reshape(h, w).astype(bool)
+
+
+def _timeline_png(path: Path, rows: list[dict], events, threshold: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.array([r["time_ms"] for r in rows]) / 1000
+    fig, ax = plt.subplots(figsize=(6, 1.3), dpi=100)
+    for event in events:
+        ax.axvspan(event.start_ms / 1000, event.end_ms / 1000, color="#ffb000", alpha=0.35, lw=0)
+    ax.plot(t, [r["polyp_score"] for r in rows], lw=0.8, color="#1f77b4")
+    ax.axhline(threshold, color="#d62728", lw=0.6, ls="--")
+    ax.set(ylim=(0, 1.02), xlim=(t[0], max(t[-1], t[0] + 1e-3)), xlabel="s")
+    ax.tick_params(labelsize=7)
+    ax.xaxis.label.set_size(7)
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_exam(exam: Exam, frames: list[dict], end: dict, rule: AlertRule, operating_point: float,
+               exams_dir: Path, overlay: bool) -> dict:
+    """Track the alerts of one exam's frames (in frame order) and write its folder; returns its summary."""
+    final = exams_dir / exam.name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        tracker = AlertTracker(rule)
+        rows, alert_on = [], {}
+        for f in frames:
+            stats = {"polyp_score": f["polyp_score"], "polyp_present": f["polyp_present"],
+                     "area_fraction": f["area_fraction"],
+                     "mean_confidence": "" if np.isnan(f["mean_confidence"]) else f["mean_confidence"]}
+            row, state = track_frame(tracker, f["index"], f["time_ms"], stats)
+            row["latency_ms"] = f["latency_ms"]
+            rows.append(row)
+            alert_on[f["index"]] = state.alert
+        stats = VideoStats(source=exam.source, output=None, csv=None, frames=len(rows), skipped=end["skipped"],
+                           rule=rule, events=tracker.events, duration_ms=tracker.duration_ms)
+        tracker.close()
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        (tmp / "frames.csv").write_text(buf.getvalue())
+        peaks = {event.peak_frame: number for number, event in enumerate(tracker.events, 1)}
+        if peaks or overlay:
+            by_index = {f["index"]: f for f in frames}
+            (tmp / "alerts").mkdir()
+
+            def drawn():  # the exam decoded again, each frame drawn as polypseg video draws it
+                src = open_source(exam.source)
+                src.fps = end["fps"]
+                try:
+                    for index, image, _t in src.frames():
+                        f = by_index.get(index)
+                        if f is None or not isinstance(image, np.ndarray):
+                            continue
+                        frame = draw_overlay(image, _mask(f), f["area_fraction"], None, alert_on[index])
+                        if index in peaks:
+                            (tmp / "alerts" / thumbnail_name(peaks[index])).write_bytes(jpeg_thumbnail(frame))
+                        yield frame
+                finally:
+                    src.close()
+
+            if overlay:
+                write_clip(drawn(), tmp / "overlay.mp4", fps=end["fps"])
+            else:
+                for _ in drawn():
+                    pass
+            if not peaks:
+                (tmp / "alerts").rmdir()
+        (tmp / "events.csv").write_text(events_csv_text(tracker.events, "alerts"))
+        _timeline_png(tmp / "timeline.png", rows, tracker.events, rule.threshold)
+        summary = video_summary(stats, operating_point)
+        summary.update(exam=exam.name, source_fps=round(end["fps"], 3),
+                       polyp_frame_share=round(sum(r["polyp_present"] for r in rows) / len(rows), 6),
+                       peak_score=max(r["polyp_score"] for r in rows),
+                       first_alert_ms=tracker.events[0].start_ms if tracker.events else None)
+        (tmp / DONE).write_text(json.dumps(summary, indent=2) + "\n")
+        os.chmod(tmp, 0o755)
+        publish_folder(tmp, final, keep=True)
+        return summary
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the archive's summary
+
+
+def _archive_rows(exams: list[Exam], exams_dir: Path) -> list[dict]:
+    rows = []
+    for exam in exams:
+        path = exams_dir / exam.name / DONE
+        if not path.is_file():
+            continue
+        s = json.loads(path.read_text())
+        first = s.get("first_alert_ms")
+        rows.append({"exam": exam.name, "source": exam.source, "frames": s["frames"], "skipped": s["skipped"],
+                     "duration_s": round(s["duration_ms"] / 1000, 3), "alerts": s["alerts"],
+                     "alerts_per_minute": s["alerts_per_minute"], "alerted_share": s["alerted_share"],
+                     "polyp_frame_share": s["polyp_frame_share"], "peak_score": s["peak_score"],
+                     "first_alert_s": "" if first is None else round(first / 1000, 3)})
+    return rows
+
+
+def _csv_text(fields, rows) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _archive_html(rows: list[dict], errors: list[dict], settings: dict) -> str:
+    e = html.escape
+    minutes = sum(r["duration_s"] for r in rows) / 60
+    alerts = sum(r["alerts"] for r in rows)
+    head = (f"<p>{len(rows)} exam(s) done, {len(errors)} failed; {sum(r['frames'] for r in rows)} frames, "
+            f"{minutes:.1f} min of video; {alerts} alert(s), {alerts / minutes if minutes else 0:.2f} per minute "
+            f"overall. Model {e(settings['model'])}, operating point {settings['operating_point']:.3f}; alert rule "
+            f"{e(json.dumps(settings['rule']))}.</p>")
+    lines = []
+    for r in sorted(rows, key=lambda r: (-r["alerts_per_minute"], r["exam"])):
+        link = e(f"exams/{r['exam']}")
+        thumb = (f'<img src="{link}/alerts/{thumbnail_name(1)}" alt="first alert of {e(r["exam"])}">'
+                 if r["alerts"] else "")
+        lines.append(
+            f'<tr><td><a href="{link}/">{e(r["exam"])}</a></td><td>{r["duration_s"]:.1f}</td><td>{r["frames"]}</td>'
+            f'<td>{r["alerts"]}</td><td>{r["alerts_per_minute"]:.2f}</td><td>{100 * r["alerted_share"]:.1f}%</td>'
+            f'<td>{100 * r["polyp_frame_share"]:.1f}%</td><td>{r["first_alert_s"]}</td>'
+            f'<td><img src="{link}/timeline.png" alt="polyp score of {e(r["exam"])} over time"></td><td>{thumb}</td></tr>')
+    failed = "".join(f"<tr><td>{e(x['exam'])}</td><td>{e(x['source'])}</td><td>{e(x['reason'])}</td></tr>" for x in errors)
+    failed = f"<h2>Failed exams</h2><table><tr><th>exam</th><th>source</th><th>reason</th></tr>{failed}</table>" if errors else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>polypseg batch</title>
+<style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse}} td,th{{border-bottom:1px solid #ddd;
+padding:3px 8px;text-align:left;vertical-align:middle}} td img{{height:70px}}</style></head><body>
+<h1>polypseg batch</h1>{head}
+<p>Exams by alerts per minute, most first. The timeline: polyp score over time, the operating point dashed, alerts
+shaded amber. The picture: the first alert's peak frame.</p>
+<table><tr><th>exam</th><th>duration (s)</th><th>frames</th><th>alerts</th><th>alerts / min</th><th>time alerted</th>
+<th>polyp frames</th><th>first alert (s)</th><th>polyp score</th><th>first alert</th></tr>
+{chr(10).join(lines)}</table>{failed}</body></html>
+"""
+
+
+# ---------------------------------------------------------------------------------------------------
+# the command
+
+
+def _model_files(weights: Path, backend: str) -> dict[str, bytes]:
+    """The checkpoint's files, sent to every worker through Ray's object store (no shared disk needed);
+    for ONNX Runtime also its ONNX file, exported here once rather than by each worker."""
+    files = {"model.safetensors": weights.read_bytes(), "model.json": weights.with_suffix(".json").read_bytes()}
+    if backend == "onnxruntime":
+        beside = weights.with_suffix(".onnx")
+        if beside.is_file() and onnx_metadata(ort_session(beside)).get(ONNX_SHA256_KEY) == file_sha256(weights):
+            files["model.onnx"] = beside.read_bytes()
+        else:
+            model, cfg = load_checkpoint(weights)
+            files["model.onnx"] = export_bytes(model, cfg, weights)
+    return files
+
+
+def _start_ray(address: str | None, num_cpus: int | None):
+    try:
+        import ray
+    except ImportError:
+        raise PolypsegError(INSTALL_HINT) from None
+    try:
+        import ray.data  # noqa: F401
+    except ImportError as err:
+        raise PolypsegError(f"{INSTALL_HINT} ({err})") from None
+    if ray.is_initialized():
+        return ray, False
+    kwargs = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise PolypsegError(f"Cannot start or join {where}: {err}. Check the address (ray start --head prints "
+                            "it) and that the cluster runs the same Ray and Python versions.") from None
+    return ray, True
+
+
+def _append_log(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+
+def run_batch(
+    inputs: list[str | Path],
+    out: str | Path,
+    checkpoint: str | Path | None = None,
+    backend: str = "onnxruntime",
+    address: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    batch_size: int = 16,
+    overlay: bool = False,
+    rule: AlertRule | None = None,
+    threshold: float | None = None,
+    fps: float | None = None,
+    show_progress: bool = True,
+    num_cpus: int | None = None,
+) -> BatchResult:
+    """Segment every exam in ``inputs`` (see ``find_exams``) on Ray Data into ``out``:
+    ``exams/NAME/`` per exam (``frames.csv``, ``events.csv``, ``alerts/``, ``summary.json``,
+    ``timeline.png``, with ``overlay`` also ``overlay.mp4``), ``archive.csv``, ``index.html``,
+    ``errors.csv`` (exams that failed, with the reason), ``batch.json`` (this run's settings, frames per
+    node) and ``batch.log``.
+
+    ``address``: a Ray cluster to join (default: start one here with ``num_cpus``, default every core).
+    ``workers``: model actors (default: the cluster's CPUs / ``threads``); ``threads``: inference threads
+    per actor (default 1). Exams already done in ``out`` are skipped.
+    """
+    if batch_size < 1:
+        raise PolypsegError(f"--batch-size must be 1 or more, got {batch_size}.")
+    for name, value in (("--workers", workers), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise PolypsegError(f"{name} must be 1 or more, got {value}.")
+    out = Path(out)
+    exams = find_exams(inputs)
+    check_writable(out, "the batch output folder (-o)", folder=True)
+    weights = resolve_model(checkpoint)
+    cfg = Config.from_dict(read_checkpoint_meta(weights)["config"])
+    rule = (rule or AlertRule()).resolved(cfg.operating_point)
+    exams_dir = out / "exams"
+    exams_dir.mkdir(parents=True, exist_ok=True)
+    for stale in exams_dir.rglob(".*.tmp"):  # an earlier run stopped while writing
+        shutil.rmtree(stale, ignore_errors=True)
+    result = BatchResult(out)
+    todo = []
+    for exam in exams:
+        if (exams_dir / exam.name / DONE).is_file():
+            result.skipped.append(exam.name)
+        else:
+            todo.append(exam)
+    logfile = out / "batch.log"
+    _append_log(logfile, f"start: {len(exams)} exam(s), {len(result.skipped)} already done, {len(todo)} to do")
+    threads = threads or 1
+    settings = {"model": str(weights), "backend": backend, "operating_point": cfg.operating_point,
+                "threshold": cfg.decision_threshold if threshold is None else threshold, "rule": rule.as_dict(),
+                "address": address, "batch_size": batch_size, "threads_per_worker": threads, "overlay": overlay}
+    start = time.perf_counter()
+    if todo:
+        ray, started = _start_ray(address, num_cpus)
+        try:
+            if workers is None:
+                workers = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
+            settings["workers"] = workers
+            _run(ray, todo, result, settings, _model_files(weights, backend), exams_dir, logfile, fps, show_progress)
+        finally:
+            if started:
+                ray.shutdown()
+    result.seconds = time.perf_counter() - start
+    rows = _archive_rows(exams, exams_dir)
+    atomic_write_text(out / "archive.csv", _csv_text(ARCHIVE_FIELDS, rows))
+    atomic_write_text(out / "errors.csv", _csv_text(ERROR_FIELDS, result.errors))
+    atomic_write_text(out / "index.html", _archive_html(rows, result.errors, settings))
+    run = {**settings, "exams": len(exams), "done": len(result.done), "skipped": len(result.skipped),
+           "failed": len(result.errors), "frames": result.frames, "seconds": round(result.seconds, 3),
+           "fps": round(result.fps, 3), "frames_by_node": result.frames_by_node}
+    atomic_write_text(out / "batch.json", json.dumps(run, indent=2) + "\n")
+    _append_log(logfile, f"end: {result}".replace("\n", "; "))
+    return result
+
+
+def _checked(ray, batches, settings: dict):
+    """The result batches; workers that cannot all start become a PolypsegError."""
+    try:
+        yield from batches
+    except ray.exceptions.GetTimeoutError:
+        raise PolypsegError(
+            f"{settings['workers']} model worker(s) with {settings['threads_per_worker']} CPU(s) each did not all start "
+            f"within {WAIT_FOR_WORKERS_S} s: the Ray cluster has too few free CPUs. Ask for fewer --workers or "
+            "--threads.") from None
+
+
+def _run(ray, todo: list[Exam], result: BatchResult, settings: dict, model_files: dict[str, bytes],
+         exams_dir: Path, logfile: Path, fps: float | None, show_progress: bool) -> None:
+    """The Ray Data pipeline, and each exam written as soon as all its frames are back."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    # Every model worker is up before the first exam is handed out (else the first one ready takes them
+    # all); a cluster without the CPUs for them fails after this long instead of waiting for ever.
+    ctx.wait_for_min_actors_s = WAIT_FOR_WORKERS_S
+    ctx.target_max_block_size = 8 * 1024 * 1024  # a few dozen frames per block: frames flow, not exams
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    by_name = {e.name: e for e in todo}
+    ds = ray.data.from_items([{"exam": e.name, "source": e.source} for e in todo], override_num_blocks=len(todo))
+    # The same CPUs as the model stage, so that Ray Data fuses the two into one operator: each worker
+    # decodes an exam and segments its frames in batches as they come, and no stage can wait for CPUs
+    # that the other holds.
+    # The model stage takes the decoder's batches as they are (batch_size None): with a batch size of its
+    # own, Ray Data would bundle that many exams into one task, and one worker would get them all.
+    ds = ds.map_batches(decode_exams, batch_size=1, fn_kwargs={"fps": fps, "chunk": settings["batch_size"]},
+                        num_cpus=settings["threads_per_worker"])
+    ds = ds.map_batches(
+        FrameSegmenter, batch_size=None, batch_format="numpy",
+        fn_constructor_kwargs={"model_files": model_files, "backend": settings["backend"],
+                               "threads": settings["threads_per_worker"], "threshold": settings["threshold"]},
+        compute=ray.data.ActorPoolStrategy(size=settings["workers"], max_tasks_in_flight_per_actor=1),
+        num_cpus=settings["threads_per_worker"],
+    )
+    pending: dict[str, dict[int, dict]] = defaultdict(dict)
+    ends: dict[str, dict] = {}
+    failed: set[str] = set()
+    exam_bar = progress_bar(len(todo), desc="exams", unit="exam", enabled=show_progress)
+    frame_bar = progress_bar(None, desc="frames", unit="frame", enabled=show_progress)
+    nodes: Counter = Counter()
+    rule = AlertRule(**settings["rule"])
+
+    def fail(name: str, reason: str) -> None:
+        failed.add(name)
+        pending.pop(name, None)
+        ends.pop(name, None)
+        result.errors.append({"exam": name, "source": by_name[name].source, "reason": reason})
+        _append_log(logfile, f"failed {name}: {reason}")
+        exam_bar.update(1)
+
+    try:
+        batches = ds.iter_batches(batch_format="numpy", batch_size=None)
+        for batch in _checked(ray, batches, settings):
+            for i in range(len(batch["exam"])):
+                name, kind = str(batch["exam"][i]), str(batch["kind"][i])
+                if name in failed or name in result.done:
+                    continue
+                if kind == "error":
+                    fail(name, str(batch["note"][i]))
+                    continue
+                if kind == "end":
+                    ends[name] = {"frames": int(batch["index"][i]), **json.loads(str(batch["note"][i]))}
+                else:
+                    index = int(batch["index"][i])
+                    if index not in pending[name]:  # a batch run again after a worker died: counted once
+                        pending[name][index] = {k: batch[k][i] for k in RESULT_COLUMNS if k not in ("exam", "kind", "note")}
+                        nodes[str(batch["node"][i])] += 1
+                        frame_bar.update(1)
+                if name in ends and len(pending[name]) == ends[name]["frames"]:
+                    got = pending.pop(name)
+                    frames = [got[k] for k in sorted(got)]
+                    try:
+                        s = write_exam(by_name[name], frames, ends.pop(name), rule, settings["operating_point"],
+                                       exams_dir, settings["overlay"])
+                    except (PolypsegError, OSError, ValueError) as err:
+                        fail(name, f"writing its outputs failed: {err}")
+                        continue
+                    result.done.append(name)
+                    result.frames += len(frames)
+                    _append_log(logfile, f"done {name}: {s['frames']} frames, {s['alerts']} alert(s)")
+                    exam_bar.update(1)
+    finally:
+        exam_bar.close()
+        frame_bar.close()
+        result.frames_by_node = dict(nodes)
+    for name in by_name:
+        if name not in failed and name not in result.done:
+            got, expected = len(pending.get(name, {})), ends.get(name, {}).get("frames")
+            fail(name, f"only {got} of {expected if expected is not None else 'its'} frames came back")
