@@ -20,9 +20,7 @@ archive's ``archive.csv`` and ``index.html`` cover every finished exam, this run
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import json
 import logging
 import os
@@ -40,7 +38,7 @@ from .alerts import AlertRule, AlertTracker
 from .config import Config
 from .data import IMAGE_SUFFIXES, folder_images
 from .errors import PolypsegError
-from .files import atomic_write_text, check_writable
+from .files import atomic_write_text, check_writable, csv_text
 from .model import load_checkpoint, read_checkpoint_meta
 from .predict import Predictor, frame_stats, resolve_model
 from .progress import progress_bar
@@ -344,11 +342,7 @@ def write_exam(exam: Exam, frames: list[dict], end: dict, rule: AlertRule, opera
         stats = VideoStats(source=exam.source, output=None, csv=None, frames=len(rows), skipped=end["skipped"],
                            rule=rule, events=tracker.events, duration_ms=tracker.duration_ms)
         tracker.close()
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        (tmp / "frames.csv").write_text(buf.getvalue())
+        (tmp / "frames.csv").write_text(csv_text(rows, CSV_FIELDS))
         peaks = {event.peak_frame: number for number, event in enumerate(tracker.events, 1)}
         if peaks or overlay:
             by_index = {f["index"]: f for f in frames}
@@ -409,14 +403,6 @@ def _archive_rows(exams: list[Exam], exams_dir: Path) -> list[dict]:
                      "polyp_frame_share": s["polyp_frame_share"], "peak_score": s["peak_score"],
                      "first_alert_s": "" if first is None else round(first / 1000, 3)})
     return rows
-
-
-def _csv_text(fields, rows) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def _archive_html(rows: list[dict], errors: list[dict], settings: dict) -> str:
@@ -560,14 +546,14 @@ def run_batch(
             if workers is None:
                 workers = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
             settings["workers"] = workers
-            _run(ray, todo, result, settings, _model_files(weights, backend), exams_dir, logfile, fps, show_progress)
+            _run(ray, todo, result, settings, rule, _model_files(weights, backend), exams_dir, logfile, fps, show_progress)
         finally:
             if started:
                 ray.shutdown()
     result.seconds = time.perf_counter() - start
     rows = _archive_rows(exams, exams_dir)
-    atomic_write_text(out / "archive.csv", _csv_text(ARCHIVE_FIELDS, rows))
-    atomic_write_text(out / "errors.csv", _csv_text(ERROR_FIELDS, result.errors))
+    atomic_write_text(out / "archive.csv", csv_text(rows, ARCHIVE_FIELDS))
+    atomic_write_text(out / "errors.csv", csv_text(result.errors, ERROR_FIELDS))
     atomic_write_text(out / "index.html", _archive_html(rows, result.errors, settings))
     run = {**settings, "exams": len(exams), "done": len(result.done), "skipped": len(result.skipped),
            "failed": len(result.errors), "frames": result.frames, "seconds": round(result.seconds, 3),
@@ -588,7 +574,7 @@ def _checked(ray, batches, settings: dict):
             "--threads.") from None
 
 
-def _run(ray, todo: list[Exam], result: BatchResult, settings: dict, model_files: dict[str, bytes],
+def _run(ray, todo: list[Exam], result: BatchResult, settings: dict, rule: AlertRule, model_files: dict[str, bytes],
          exams_dir: Path, logfile: Path, fps: float | None, show_progress: bool) -> None:
     """The Ray Data pipeline, and each exam written as soon as all its frames are back."""
     ctx = ray.data.DataContext.get_current()
@@ -621,7 +607,6 @@ def _run(ray, todo: list[Exam], result: BatchResult, settings: dict, model_files
     exam_bar = progress_bar(len(todo), desc="exams", unit="exam", enabled=show_progress)
     frame_bar = progress_bar(None, desc="frames", unit="frame", enabled=show_progress)
     nodes: Counter = Counter()
-    rule = AlertRule(**settings["rule"])
 
     def fail(name: str, reason: str) -> None:
         failed.add(name)

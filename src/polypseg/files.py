@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import os
 import tempfile
 from collections.abc import Callable
@@ -63,3 +66,13 @@ def check_writable(path: str | Path, what: str, folder: bool = False) -> None:
             f"Cannot write {what} at {path}: the folder {existing} is not writable ({err.strerror}). "
             "Choose another output path, or make the folder writable."
         ) from None
+
+
+def csv_text(rows, fields=None) -> str:
+    """``rows`` (dicts) as CSV text with a header: ``fields`` in order, default the first row's keys."""
+    rows = list(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields if fields is not None else rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -6,7 +6,6 @@ writes a mask, an overlay and optionally the probability map for every image of 
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from .config import Config
 from .crop import Box, paste_back, picture
 from .data import collect_images, read_image
 from .errors import PolypsegError
-from .files import atomic_write, atomic_write_text, check_writable
+from .files import atomic_write, atomic_write_text, check_writable, csv_text
 from .model import resolve_checkpoint
 from .progress import progress
 from .runtime import BACKENDS, onnx_backend, torch_backend, torch_device
@@ -287,22 +286,13 @@ def predict_paths(
         rows.append({"image": str(path), "height": image.shape[0], "width": image.shape[1], **frame_stats(prediction, mask)})
         written.append(folders["mask"] / name)
     if rows:
-        atomic_write_text(out / "predictions.csv", _csv_text(rows))
+        atomic_write_text(out / "predictions.csv", csv_text(rows))
     if failed:
         raise PolypsegError(
             f"{len(failed)} of {len(images)} image(s) could not be read and were skipped (the other "
             f"{len(written)} were written to {out}): " + "; ".join(failed[:5])
         )
     return written
-
-
-def _csv_text(rows: Iterable[dict[str, Any]]) -> str:
-    rows = list(rows)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------

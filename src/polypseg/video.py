@@ -18,7 +18,6 @@ frame when the model falls behind, so the overlay never lags further and further
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -40,7 +39,7 @@ import numpy as np
 from .alerts import AlertEvent, AlertRule, AlertTracker, FrameState, summary
 from .data import folder_images, read_image
 from .errors import PolypsegError
-from .files import atomic_write_text, check_writable, publish, temp_path
+from .files import atomic_write_text, check_writable, csv_text, publish, temp_path
 from .predict import STATS_FIELDS, Predictor, check_threshold, frame_stats
 from .progress import progress_bar
 from .viz import GREEN, overlay
@@ -601,14 +600,12 @@ def thumbnail_name(number: int) -> str:
 
 
 def events_csv_text(events: list[AlertEvent], folder: str) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=EVENT_FIELDS, lineterminator="\n")
-    writer.writeheader()
+    rows = []
     for i, event in enumerate(events, 1):
         row = {k: round(v, 6 if k in ("peak_score", "peak_area") else 3) if isinstance(v, float) else v
                for k, v in event.as_dict().items()}
-        writer.writerow({"index": i, **row, "thumbnail": f"{folder}/{thumbnail_name(i)}"})
-    return buf.getvalue()
+        rows.append({"index": i, **row, "thumbnail": f"{folder}/{thumbnail_name(i)}"})
+    return csv_text(rows, EVENT_FIELDS)
 
 
 def video_summary(stats: VideoStats, operating_point: float) -> dict:
