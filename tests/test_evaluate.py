@@ -72,7 +72,7 @@ def test_evaluate_test_side_of_the_run_split(tiny_checkpoint, data_dir):
 
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert summary["n_images"] == 3 and summary["selection"]["side"] == "test"
-    assert summary["threshold"] == 0.5 and summary["threshold_source"] == "checkpoint config, not tuned"
+    assert summary["threshold"] == 0.5 and summary["threshold_source"] == "0.5, the default"
     assert summary["metrics"]["per-image"]["dice"] == pytest.approx(np.mean([float(r["dice"]) for r in rows]), abs=1e-6)
     # the intervals come from these images' counts, with the seed and resamples asked for
     counts = np.array([[int(r[k]) for k in ("tp", "fp", "fn", "tn")] for r in rows])

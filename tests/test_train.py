@@ -88,9 +88,9 @@ def test_one_short_epoch_gives_a_loadable_run_folder(tmp_path, tiny_config, data
     assert meta["epoch"] == int(rows(run)[best]["epoch"])
     assert meta["metrics"]["val_dice"] == pytest.approx(dices[best])
     assert meta["config"]["encoder"] == "tu-test_efficientnet"
-    assert meta["metrics"]["threshold_from"] == "validation"
+    assert meta["config"]["threshold"] is None and "threshold_from" not in meta["metrics"]  # 0.5 by default
     model, loaded = load_checkpoint(run)
-    assert loaded.threshold == meta["config"]["threshold"]
+    assert loaded.decision_threshold == 0.5
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 64, 96)).shape == (1, 1, 64, 96)
     # the logs Lightning keeps: CSV and TensorBoard
@@ -188,6 +188,23 @@ def test_a_given_threshold_is_kept(tmp_path, tiny_config, data_dir):
     meta = json.loads((run / "best.json").read_text())
     assert meta["config"]["threshold"] == 0.3
     assert "threshold_from" not in meta["metrics"]
+
+
+def test_threshold_chosen_on_request_and_undone_by_calibrate(tmp_path, tiny_config, data_dir):
+    from polypseg.train import calibrate
+
+    split = small_split(data_dir, tmp_path, ["001", "002", "030", "031"], ["060", "061"])
+    run = train(tiny_config.replace(split=str(split), choose_threshold=True, limit_batches=1), tmp_path / "run",
+                progress=False)
+    for name in ("best", "last"):
+        meta = json.loads((run / f"{name}.json").read_text())
+        assert meta["metrics"]["threshold_from"] == "validation"
+        assert 0 < meta["config"]["threshold"] < 1 and meta["config"]["choose_threshold"] is True
+    calibrate(run, choose_threshold=False)
+    meta = json.loads((run / "best.json").read_text())
+    assert meta["config"]["threshold"] is None and meta["metrics"]["threshold_from"] == "default"
+    assert load_checkpoint(run)[1].decision_threshold == 0.5
+    assert Config.load(run / "config.json").choose_threshold is False  # the run remembers the setting
 
 
 def _folder_with_a_truncated_image(data_dir: Path, root: Path) -> Path:

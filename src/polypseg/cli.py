@@ -24,7 +24,9 @@ CONFIG_HELP = {
     "resize": "fit (aspect kept, padded) | stretch (resized to height x width): how frames of any shape enter the model",
     "mean": "input normalisation mean (3 values; default from the encoder weights)",
     "std": "input normalisation std (3 values; default from the encoder weights)",
-    "threshold": "decision threshold; a given one is kept (default: chosen on the validation side after training)",
+    "threshold": "decision threshold; a given one is kept (default 0.5, or chosen with --choose-threshold)",
+    "choose_threshold": "choose the decision threshold on the validation side after training (default: 0.5, "
+                        "which held up better across seeds and CPUs, docs/training-log.md row 21)",
     "data": f"dataset folder (default {DEFAULT_DATA}); give it more than once to train on several data sets",
     "split": "split JSON from `polypseg data split`, or a CSV of id,side (default: made with --split-strategy)",
     "split_strategy": "random | sequence | kfold | pranet, when no --split is given",
@@ -176,7 +178,7 @@ def _evaluate(args) -> int:
 def _calibrate(args) -> int:
     from .train import calibrate
 
-    calibrate(args.run, sensitivity=args.sensitivity)
+    calibrate(args.run, sensitivity=args.sensitivity, choose_threshold=args.choose_threshold)
     return 0
 
 
@@ -354,15 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
     grp = e.add_mutually_exclusive_group()
     grp.add_argument("--split", help="split JSON whose test side is evaluated (default: the run's)")
     grp.add_argument("--all", action="store_true", help="evaluate every pair of --data")
-    e.add_argument("--threshold", type=float, help="decision threshold (default: the run's, chosen on validation)")
+    e.add_argument("--threshold", type=float, help="decision threshold (default: the run's, 0.5 unless chosen on validation)")
     e.add_argument("--pranet-mdice", action="store_true", help="also PraNet's Dice averaged over 256 thresholds")
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0: off)")
     e.add_argument("-o", "--output", help="evaluation folder (default: RUN/eval-<split>)")
     e.set_defaults(func=_evaluate)
 
-    cb = sub.add_parser("calibrate", help="choose the threshold and the verdict's operating point again on the run's validation side")
+    cb = sub.add_parser("calibrate", help="choose the verdict's operating point (and with --choose-threshold the mask threshold) again on the run's validation side")
     cb.add_argument("--run", required=True, help="run folder written by `polypseg train`")
     cb.add_argument("--sensitivity", type=float, help="share of validation polyp frames to keep flagged (default: the run's, 0.95)")
+    cb.add_argument("--choose-threshold", action=argparse.BooleanOptionalAction, default=None,
+                    help="choose the decision threshold on validation too (default: the run's setting; off: 0.5)")
     cb.set_defaults(func=_calibrate)
 
     cp = sub.add_parser("compare", help="two evaluations of the same images: paired difference B - A with its CI")

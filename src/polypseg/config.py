@@ -34,7 +34,9 @@ class Config:
     resize: str = "fit"  # fit: aspect kept, padded | stretch: resized to height x width (PraNet's way)
     mean: tuple[float, float, float] | None = None  # None: what the encoder's weights were trained with
     std: tuple[float, float, float] | None = None
-    threshold: float | None = None  # None: chosen on the validation side after training (0.5 without one)
+    threshold: float | None = None  # None: 0.5, or chosen on the validation side with choose_threshold
+    choose_threshold: bool = False  # pick the mask threshold on the validation side after training (off: a fixed
+    # 0.5 beat every validation-chosen threshold on the main job's seeds and CPU kinds, docs/training-log.md row 21)
     # the frame as towers send it: the model sees the endoscopic image only (black borders and side panels
     # cut away, polypseg.crop), with the lower-left corner (height, width fractions of that image) blacked
     # out in every frame, where scope-guide boxes sit; predictions map back to the whole frame
@@ -131,7 +133,7 @@ class Config:
 
     @property
     def decision_threshold(self) -> float:
-        """The threshold a prediction uses: the chosen or given one, else 0.5."""
+        """The threshold a prediction uses: the given or chosen one, else 0.5."""
         return 0.5 if self.threshold is None else float(self.threshold)
 
     @property

@@ -2,8 +2,8 @@
 
 Outputs (one folder, written into a temporary folder beside it and renamed at the end):
 ``per_image.csv``, ``summary.json``, ``report.md`` (with its figure files) and a self-contained
-``report.html`` (figures embedded). The decision threshold is the checkpoint's (chosen on the
-validation side by ``train``) or a given one: it is never chosen on the evaluated images.
+``report.html`` (figures embedded). The decision threshold is the checkpoint's (0.5, or chosen on
+the validation side by ``train --choose-threshold``) or a given one: never chosen on the evaluated images.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ def _prepare(run, device: str, tta: bool, threshold: float | None, bootstrap: in
     if threshold is None:
         threshold = predictor.threshold
         from_validation = read_checkpoint_meta(weights).get("metrics", {}).get("threshold_from") == "validation"
-        source = "checkpoint, chosen on the validation side" if from_validation else "checkpoint config, not tuned"
+        if from_validation:
+            source = "checkpoint, chosen on the validation side"
+        else:
+            source = "0.5, the default" if predictor.config.threshold is None else "checkpoint config, not tuned"
     else:
         source = "given"
     return predictor, weights, float(threshold), source

@@ -483,10 +483,11 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
     return run
 
 
-def calibrate(run: str | Path, sensitivity: float | None = None) -> Path:
-    """Choose the mask threshold and the verdict's operating point of a trained run again, on its own
-    validation side (``sensitivity``: the share of validation polyp frames to keep flagged; default the
-    run's). For a run whose training ended early, or to move the operating point; never on test frames."""
+def calibrate(run: str | Path, sensitivity: float | None = None, choose_threshold: bool | None = None) -> Path:
+    """Choose the verdict's operating point of a trained run again, on its own validation side
+    (``sensitivity``: the share of validation polyp frames to keep flagged; ``choose_threshold``: pick the
+    mask threshold there too, else 0.5; both default to the run's). For a run whose training ended early,
+    or to move the operating point; never on test frames."""
     run = Path(run)
     if not (run / "split.json").is_file() or not (run / "best.safetensors").is_file():
         raise PolypsegError(f"'{run}' is not a trained run folder (split.json and best.safetensors).")
@@ -495,8 +496,11 @@ def calibrate(run: str | Path, sensitivity: float | None = None) -> Path:
     cfg = Config.load(run / "config.json")
     if sensitivity is not None:
         cfg = cfg.replace(verdict_sensitivity=float(sensitivity))
+    if choose_threshold is not None:
+        cfg = cfg.replace(choose_threshold=bool(choose_threshold))
     cfg.save(run / "config.json")
-    _update_checkpoints(run, {"verdict_sensitivity": cfg.verdict_sensitivity}, {})
+    _update_checkpoints(run, {"verdict_sensitivity": cfg.verdict_sensitivity,
+                              "choose_threshold": cfg.choose_threshold}, {})
     index = index_dataset(cfg.data, negatives=cfg.negatives)
     split = _resolve_split(cfg.replace(split=str(run / "split.json")), index)
     if not split.val:
@@ -507,15 +511,22 @@ def calibrate(run: str | Path, sensitivity: float | None = None) -> Path:
 
 
 def finish_run(run: Path, val_pairs) -> None:
-    """After training, on the validation side only: the mask threshold (if none was given) on its polyp
-    frames, then, where it holds polyp-free frames too, the verdict's operating point (if none was given)
-    for the config's sensitivity; both are stored in the best and last checkpoints."""
+    """After training, on the validation side only: the mask threshold on its polyp frames (with
+    ``choose_threshold`` and none given; else 0.5), then, where it holds polyp-free frames too, the
+    verdict's operating point (if none was given) for the config's sensitivity; both are stored in the
+    best and last checkpoints."""
+    from .model import read_checkpoint_meta
+
     cfg = Config.load(run / "config.json")
     polyp_pairs = [p for p in val_pairs if p.mask is not None and p.polyp is not False]
-    if cfg.threshold is None and polyp_pairs:
-        _choose_threshold(run, polyp_pairs)
-    elif cfg.threshold is not None:
+    if cfg.threshold is not None:
         print(f"decision threshold {cfg.threshold:.2f} as given (not chosen on the validation side)")
+    elif cfg.choose_threshold and polyp_pairs:
+        _choose_threshold(run, polyp_pairs)
+    else:
+        if read_checkpoint_meta(run / "best.safetensors")["config"].get("threshold") is not None:
+            _update_checkpoints(run, {"threshold": None}, {"threshold_from": "default"})  # an earlier choice undone
+        print("decision threshold 0.50, the default (--choose-threshold picks one on the validation side)")
     if any(p.polyp is False for p in val_pairs):
         if cfg.verdict_threshold is None:
             _choose_operating_point(run, [p for p in val_pairs if p.mask is not None or p.polyp is False])
