@@ -250,3 +250,27 @@ def test_evaluate_checks_the_pairs_before_predicting(tmp_path, tiny_checkpoint, 
     summary = evaluate(tiny_checkpoint, data=root, all_pairs=True, out=tmp_path / "ev", bootstrap=0,
                        progress=False, skip_bad=True)
     assert summary["n_images"] == 4 and [x["id"] for x in summary["selection"]["left_out"]] == ["030"]
+
+
+def test_ema_saves_the_averaged_weights(tmp_path, tiny_config, data_dir):
+    from safetensors.torch import load_file
+
+    split = small_split(data_dir, tmp_path, ["001", "002", "030", "031"], ["060", "061"])
+    cfg = tiny_config.replace(split=str(split), epochs=2, limit_batches=2)
+
+    def weights(name, **changes):
+        run = train(cfg.replace(**changes), tmp_path / name, progress=False)
+        return load_file(run / "last.safetensors"), json.loads((run / "last.json").read_text())
+
+    plain, _ = weights("plain")
+    same, meta = weights("ema-none", ema=1e-12)  # the average is the last weights
+    slow, _ = weights("ema-slow", ema=1 - 1e-9)  # the average stays at the weights of the first step
+    assert meta["config"]["ema"] == 1e-12
+    floats = [k for k in plain if plain[k].is_floating_point() and "running" not in k]
+    def gap(a, b):
+        return max((a[k].float() - b[k].float()).abs().max().item() for k in floats)
+
+    # three optimiser steps after the first move weights by a few 1e-3; the near-zero decay follows them
+    assert gap(plain, same) < 1e-5 and gap(plain, slow) > 1e-3
+    with pytest.raises(PolypsegError, match="between 0 and 1"):
+        Config(ema=1.0)

@@ -24,6 +24,7 @@ CONFIG_HELP = {
     "resize": "fit (aspect kept, padded) | stretch (resized to height x width): how frames of any shape enter the model",
     "mean": "input normalisation mean (3 values; default from the encoder weights)",
     "std": "input normalisation std (3 values; default from the encoder weights)",
+    "ema": "decay of an exponential moving average of the weights, used for validation and saved (e.g. 0.998; default off)",
     "threshold": "decision threshold; a given one is kept (default 0.5, or chosen with --choose-threshold)",
     "choose_threshold": "choose the decision threshold on the validation side after training (default: 0.5, "
                         "which held up better across seeds and CPUs, docs/training-log.md row 21)",

@@ -65,6 +65,8 @@ class Config:
     encoder_lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
+    ema: float | None = None  # decay of an exponential moving average of the weights (Lightning's
+    # EMAWeightAveraging, updated every step): validation and the saved checkpoints use the average; None: off
     loss: str = "dice+bce"  # dice+bce | structure | dice | bce | focal | lovasz | tversky
     patience: int = 0  # early stopping on validation Dice after this many epochs without gain; 0: off
     seed: int = 0
@@ -98,6 +100,8 @@ class Config:
             raise PolypsegError(f"Unknown verdict '{self.verdict}'. Valid: {', '.join(VERDICTS)}.")
         if self.verdict == "head" and not self.aux_head:
             raise PolypsegError("verdict 'head' needs the image-level head (aux_head=True, --aux-head).")
+        if self.ema is not None and not 0.0 < float(self.ema) < 1.0:
+            raise PolypsegError(f"--ema is the decay of the weights' moving average, between 0 and 1 (e.g. 0.998), got {self.ema}.")
         if self.verdict_threshold is not None and not 0.0 <= float(self.verdict_threshold) <= 1.0:
             raise PolypsegError(f"The verdict threshold must lie between 0 and 1, got {self.verdict_threshold}.")
         if self.negatives_fraction is not None and not 0.0 < float(self.negatives_fraction) < 1.0:

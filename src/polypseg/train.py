@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
@@ -232,6 +232,15 @@ class SegModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def saved_weights(trainer, pl_module) -> torch.nn.Module:
+    """The network a checkpoint holds: the moving average of the weights with ``ema`` (the one validation
+    scored), else the trained weights."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, EMAWeightAveraging) and cb._average_model is not None:  # Lightning keeps no public handle
+            return cb._average_model.module.model
+    return pl_module.model
+
+
 class RunFolder(Callback):
     """Writes the run folder after every epoch: metrics.csv, curve.png, last/best checkpoints, resume.ckpt.
 
@@ -282,7 +291,7 @@ class RunFolder(Callback):
         if not trainer.is_global_zero:
             return
         os.replace(tmp, self.run / "resume.ckpt")
-        self._write_outputs(pl_module.model, improved)
+        self._write_outputs(saved_weights(trainer, pl_module), improved)
         val = f"val Dice {row['val_dice']:.4f}  IoU {row['val_iou']:.4f}" if self.has_val else "no validation side"
         if self.has_val and not math.isnan(row["val_auc_head"]):
             val += f"  frame AUC head {row['val_auc_head']:.3f} peak {row['val_auc_peak']:.3f}"
@@ -298,7 +307,7 @@ class RunFolder(Callback):
         # Resumed: the restored weights are those of the last finished epoch; make sure the files that
         # follow resume.ckpt (which a kill may have cut short) show that epoch.
         if self.rows and trainer.is_global_zero:
-            self._write_outputs(pl_module.model, self.best_epoch == self.rows[-1]["epoch"])
+            self._write_outputs(saved_weights(trainer, pl_module), self.best_epoch == self.rows[-1]["epoch"])
 
     def _write_outputs(self, model, is_best: bool) -> None:
         row = self.rows[-1]
@@ -462,6 +471,8 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
     callbacks: list[Callback] = [RunFolder(run, cfg, has_val=val_ds is not None)]
     if cfg.patience > 0 and val_ds is not None:
         callbacks.append(EarlyStopping(monitor="val_dice", mode="max", patience=cfg.patience))
+    if cfg.ema is not None:
+        callbacks.append(EMAWeightAveraging(decay=cfg.ema))
     with _quiet_lightning():
         trainer = L.Trainer(
             **_trainer_settings(cfg),
