@@ -125,6 +125,25 @@ def test_default_model_is_the_packaged_one(tiny_checkpoint, tmp_path, monkeypatc
     np.testing.assert_array_equal(Predictor().predict_prob(image), Predictor(tiny_checkpoint).predict_prob(image))
 
 
+def test_shipped_models_by_name(tiny_checkpoint, tmp_path, monkeypatch):
+    shelf = tmp_path / "pretrained"
+    shelf.mkdir()
+    for name in ("realtime", "accurate"):
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(tiny_checkpoint / f"best{suffix}", shelf / f"{name}{suffix}")
+    (shelf / "half.safetensors").write_bytes(b"")  # weights without their .json are no model
+    monkeypatch.setattr(predict, "PRETRAINED_DIR", shelf)
+    assert list(predict.shipped_models()) == ["accurate", "realtime"]
+    assert predict.resolve_model("accurate") == shelf / "accurate.safetensors"
+    assert Predictor("realtime").checkpoint == shelf / "realtime.safetensors"
+    with pytest.raises(PolypsegError, match=r"neither a shipped model \(accurate, realtime\)"):
+        predict.resolve_model("fastest")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "realtime").mkdir()  # a folder of that name is what the user means
+    with pytest.raises(PolypsegError, match="holds no checkpoint"):
+        predict.resolve_model("realtime")
+
+
 def test_shipped_model_segments_frames_it_never_saw(data_dir):
     """The packaged model and its split: test frames (sequences it never trained on) get real masks."""
     from polypseg.data import read_mask

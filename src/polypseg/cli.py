@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
         q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
         if run_required:
-            q.add_argument("--run", required=True, help="run folder or checkpoint (.safetensors)")
+            q.add_argument("--run", required=True, help="run folder, checkpoint (.safetensors) or a shipped model by name (realtime)")
 
     e = sub.add_parser("evaluate", help="metrics, per-image results and a report for a trained run")
     eval_flags(e)
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_reproduce)
 
     def infer_flags(q, backend: str = "torch"):
-        q.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
+        q.add_argument("--run", help="run folder, checkpoint, or a shipped model by name (default: realtime, the shipped real-time model)")
         q.add_argument("--backend", default=backend, choices=["torch", "onnxruntime"],
                        help=f"inference runtime (default {backend})")
         q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (onnxruntime: needs onnxruntime-gpu)")
@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("inputs", nargs="+", help="folders (searched recursively for videos and folders of frames), "
                     "video files, or a .txt list of them (one per line)")
     bt.add_argument("-o", "--output", required=True, help="output folder (a rerun skips the exams done there)")
-    bt.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
+    bt.add_argument("--run", help="run folder, checkpoint, or a shipped model by name (default: realtime, the shipped real-time model)")
     bt.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"],
                     help="inference runtime of each worker (default onnxruntime)")
     bt.add_argument("--address", help="join this Ray cluster (e.g. 10.0.0.5:6379, or auto); default: start Ray here")
@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.set_defaults(func=_batch)
 
     sv = sub.add_parser("serve", help="web app and HTTP API: images, video and the live camera in a browser")
-    sv.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
+    sv.add_argument("--run", help="run folder, checkpoint, or a shipped model by name (default: realtime, the shipped real-time model)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"])
@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=_serve)
 
     x = sub.add_parser("export", help="export a run to ONNX (dynamic height and width)")
-    x.add_argument("--run", help="run folder or checkpoint (default: the shipped real-time model)")
+    x.add_argument("--run", help="run folder, checkpoint, or a shipped model by name (default: realtime, the shipped real-time model)")
     x.add_argument("-o", "--output", help="ONNX file (default: beside the checkpoint, RUN/best.onnx)")
     x.add_argument("--int8", action="store_true", help="also int8 static quantisation, calibrated on training frames")
     x.add_argument("--data", help="dataset folder for the check and calibration (default: the run's)")

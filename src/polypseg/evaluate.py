@@ -27,8 +27,8 @@ from .data import Pair, index_dataset, load_pair, read_image, scan_frames, usabl
 from .errors import PolypsegError
 from .config import Config
 from .files import check_writable
-from .model import read_checkpoint_meta, resolve_checkpoint
-from .predict import Predictor, score_sources
+from .model import read_checkpoint_meta
+from .predict import Predictor, resolve_model, score_sources
 from .progress import progress as progress_lines
 from .progress import text_table
 from .splits import SIDES, leak_sentence, leak_text, load_split, split_pairs, with_index
@@ -46,7 +46,7 @@ def _prepare(run, device: str, tta: bool, threshold: float | None, bootstrap: in
         raise PolypsegError(f"The threshold must lie between 0 and 1, got {threshold}.")
     if bootstrap < 0:
         raise PolypsegError(f"The number of bootstrap resamples must be 0 or more, got {bootstrap}.")
-    weights = resolve_checkpoint(run)
+    weights = resolve_model(run)
     predictor = Predictor(weights, device=device, tta=tta)
     if threshold is None:
         threshold = predictor.threshold
@@ -105,7 +105,7 @@ def evaluate(
         raise PolypsegError("Give either a split file or --all (every pair of the folder), not both.")
     if out is not None:
         check_writable(out, "the evaluation (-o)", folder=True)  # before the model loads
-    weights = resolve_checkpoint(run)
+    weights = resolve_model(run)
     run_cfg = Config.from_dict(read_checkpoint_meta(weights)["config"])
     if data is None and split is None and not all_pairs and (isinstance(run_cfg.data, list) or run_cfg.negatives):
         return evaluate_sets(run, None, out=out, tta=tta, threshold=threshold, bootstrap=bootstrap,

@@ -30,9 +30,24 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 DEFAULT_MODEL = PRETRAINED_DIR / "realtime.safetensors"
 
 
+def shipped_models() -> dict[str, Path]:
+    """The models installed with polypseg, by name (``realtime``, ...): weights with their .json in
+    ``PRETRAINED_DIR``."""
+    return {w.stem: w for w in sorted(PRETRAINED_DIR.glob("*.safetensors")) if w.with_suffix(".json").is_file()}
+
+
 def resolve_model(checkpoint: str | Path | None) -> Path:
-    """A run folder or checkpoint file -> its weights file; ``None`` -> the shipped real-time model."""
+    """A run folder or checkpoint file -> its weights file; a shipped model's name (``realtime``) -> its
+    weights; ``None`` -> the shipped real-time model."""
     if checkpoint is not None:
+        shipped = shipped_models()
+        if isinstance(checkpoint, str) and checkpoint in shipped and not Path(checkpoint).exists():
+            return shipped[checkpoint]
+        if isinstance(checkpoint, str) and "/" not in checkpoint and "." not in checkpoint and not Path(checkpoint).exists():
+            raise PolypsegError(
+                f"'{checkpoint}' is neither a shipped model ({', '.join(shipped) or 'none installed'}) nor a run "
+                "folder or checkpoint file. Pass one of those names, or a path."
+            )
         return resolve_checkpoint(checkpoint)
     if not (DEFAULT_MODEL.is_file() and DEFAULT_MODEL.with_suffix(".json").is_file()):
         raise PolypsegError(
