@@ -25,7 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from polypseg.config import from_preset
 from polypseg.crop import picture
 from polypseg.data import index_dataset, read_image
-from polypseg.metrics import roc_auc
+from polypseg.metrics import operating_point_for, roc_auc
 from polypseg.model import load_checkpoint
 from polypseg.predict import DEFAULT_MODEL
 from polypseg.progress import progress, text_table
@@ -106,9 +106,9 @@ def main() -> None:
                     return fit.decision_function(scaler.transform(X)[:, cols])
             s = {k: score(d[f"{k}/{variant}"]) for k in ("val", "hyperkvasir test", "polypgen-centre-a")}
             yv, yp = d["val/y"], d["polypgen-centre-a/y"]
-            point = np.quantile(s["val"][yv == 1], 0.05)
+            point = operating_point_for(s["val"], yv, 0.95)
             sp = s["polypgen-centre-a"]
-            oracle = np.quantile(sp[yp == 1], 0.05)
+            oracle = operating_point_for(sp, yp, 0.95)
             rows.append([variant, name, f"{roc_auc(s['val'], yv):.3f}", f"{(s['hyperkvasir test'] >= point).mean():.3f}",
                          f"{roc_auc(sp, yp):.3f}", f"{(sp[yp == 1] >= point).mean():.3f}",
                          f"{(sp[yp == 0] >= point).mean():.3f}", f"{(sp[yp == 0] >= oracle).mean():.3f}"])

@@ -40,14 +40,15 @@ def resolve_model(checkpoint: str | Path | None) -> Path:
     """A run folder or checkpoint file -> its weights file; a shipped model's name (``realtime``) -> its
     weights; ``None`` -> the shipped real-time model."""
     if checkpoint is not None:
-        shipped = shipped_models()
-        if isinstance(checkpoint, str) and checkpoint in shipped and not Path(checkpoint).exists():
-            return shipped[checkpoint]
-        if isinstance(checkpoint, str) and "/" not in checkpoint and "." not in checkpoint and not Path(checkpoint).exists():
-            raise PolypsegError(
-                f"'{checkpoint}' is neither a shipped model ({', '.join(shipped) or 'none installed'}) nor a run "
-                "folder or checkpoint file. Pass one of those names, or a path."
-            )
+        if isinstance(checkpoint, str) and not Path(checkpoint).exists():  # a path that is there wins
+            shipped = shipped_models()
+            if checkpoint in shipped:
+                return shipped[checkpoint]
+            if "/" not in checkpoint and "." not in checkpoint:  # a bare name, not a mistyped path
+                raise PolypsegError(
+                    f"'{checkpoint}' is neither a shipped model ({', '.join(shipped) or 'none installed'}) nor a "
+                    "run folder or checkpoint file. Pass one of those names, or a path."
+                )
         return resolve_checkpoint(checkpoint)
     if not (DEFAULT_MODEL.is_file() and DEFAULT_MODEL.with_suffix(".json").is_file()):
         raise PolypsegError(
