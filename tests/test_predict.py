@@ -132,7 +132,14 @@ def test_shipped_models_by_name(tiny_checkpoint, tmp_path, monkeypatch):
         for suffix in (".safetensors", ".json"):
             shutil.copy(tiny_checkpoint / f"best{suffix}", shelf / f"{name}{suffix}")
     (shelf / "half.safetensors").write_bytes(b"")  # weights without their .json are no model
+    (shelf / "accurate.md").write_text("| | |\n|---|---|\n| training data | the accurate one's |\n")
     monkeypatch.setattr(predict, "PRETRAINED_DIR", shelf)
+    assert predict.model_card(shelf / "accurate.safetensors") == shelf / "accurate.md"
+    assert predict.card_row(shelf / "accurate.md", "training data") == "the accurate one's"
+    assert predict.model_card(shelf / "realtime.safetensors") is None  # no card written
+    assert predict.model_card(tiny_checkpoint / "best.safetensors") is None  # not shipped
+    table = predict.format_models_table().splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["accurate", "realtime"] and table[2].endswith("accurate.md")
     assert list(predict.shipped_models()) == ["accurate", "realtime"]
     assert predict.resolve_model("accurate") == shelf / "accurate.safetensors"
     assert Predictor("realtime").checkpoint == shelf / "realtime.safetensors"
@@ -142,6 +149,23 @@ def test_shipped_models_by_name(tiny_checkpoint, tmp_path, monkeypatch):
     (tmp_path / "realtime").mkdir()  # a folder of that name is what the user means
     with pytest.raises(PolypsegError, match="holds no checkpoint"):
         predict.resolve_model("realtime")
+
+
+@pytest.mark.parametrize("name", sorted(predict.shipped_models()))
+def test_each_shipped_model_loads_predicts_and_has_its_own_card(name, data_dir):
+    from polypseg.serve import model_info
+
+    predictor = Predictor(name)
+    frame = read_image(data_dir / "images" / "001.png")
+    result = predictor.predict(frame)
+    assert result.prob.shape == frame.shape[:2] and 0.0 <= result.score <= 1.0
+    card = predict.model_card(predictor.checkpoint)
+    assert card == predict.PRETRAINED_DIR.resolve() / f"{name}.md"
+    text = card.read_text()
+    assert f"`{name}`" in text.splitlines()[0]  # the card's title names its model
+    info = model_info(predictor)
+    assert info["name"] == f"polypseg {name} model (shipped)" and info["card"] == text
+    assert info["training_data"] == predict.card_row(card, "training data") and "Kvasir-SEG" in info["training_data"]
 
 
 def test_shipped_model_segments_frames_it_never_saw(data_dir):

@@ -274,3 +274,29 @@ def test_ema_saves_the_averaged_weights(tmp_path, tiny_config, data_dir):
     assert gap(plain, same) < 1e-5 and gap(plain, slow) > 1e-3
     with pytest.raises(PolypsegError, match="between 0 and 1"):
         Config(ema=1.0)
+
+
+def test_init_fine_tunes_from_a_trained_model(tmp_path, tiny_config, data_dir):
+    from safetensors.torch import load_file
+
+    split = small_split(data_dir, tmp_path, ["001", "002", "030", "031"], ["060", "061"])
+    cfg = tiny_config.replace(split=str(split), epochs=1, limit_batches=2)
+    first = train(cfg, tmp_path / "first", progress=False)
+    frozen = dict(lr=0.0, encoder_lr=0.0)  # no step moves a weight: the run keeps what it started from
+    tuned = train(cfg.replace(init=str(first), **frozen), tmp_path / "tuned", progress=False)
+    fresh = train(cfg.replace(**frozen), tmp_path / "fresh", progress=False)
+    a, b, c = (load_file(r / "last.safetensors") for r in (first, tuned, fresh))
+    learned = [k for k in a if a[k].is_floating_point() and "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(a[k], b[k]) for k in learned)
+    assert not all(torch.equal(a[k], c[k]) for k in learned)  # without --init: the encoder's own start
+    assert json.loads((tuned / "config.json").read_text())["init"] == str(first)
+
+    # an image-level head the first model lacks starts fresh; the rest still comes from it
+    headed = train(cfg.replace(init=str(first), aux_head=True, **frozen), tmp_path / "headed", progress=False)
+    d = load_file(headed / "last.safetensors")
+    assert any(k.startswith("classification_head.") for k in d) and all(torch.equal(a[k], d[k]) for k in learned)
+    with pytest.raises(PolypsegError, match="another network"):
+        train(cfg.replace(init=str(first), arch="unet"), tmp_path / "other", progress=False)
+    assert not (tmp_path / "other").exists()  # refused before the run folder is made
+    with pytest.raises(PolypsegError, match="neither a shipped model"):
+        train(cfg.replace(init="nosuchmodel"), tmp_path / "missing", progress=False)

@@ -43,7 +43,7 @@ def _time(fn: Callable[[np.ndarray], Any], frames: list[np.ndarray], iterations:
     return 1000 * np.asarray(times)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -93,7 +93,7 @@ def benchmark(
     pairs = index_dataset(data).pairs
     frames = [read_image(p.image) for p in spread(pairs, 8)]
     say: Callable[[str], None] = print if verbose else (lambda _: None)
-    header = (f"CPU: {_cpu_name()}, {cpu_cores()} cores available, {threads} inference thread(s); torch {torch.__version__}, "
+    header = (f"CPU: {cpu_name()}, {cpu_cores()} cores available, {threads} inference thread(s); torch {torch.__version__}, "
               f"onnxruntime {ort.__version__}; DeepLabV3+ at {height}x{width}, batch 1, random weights; "
               f"{iterations} timed frames after {warmup} warm-up")
     say(header)

@@ -24,6 +24,7 @@ CONFIG_HELP = {
     "resize": "fit (aspect kept, padded) | stretch (resized to height x width): how frames of any shape enter the model",
     "mean": "input normalisation mean (3 values; default from the encoder weights)",
     "std": "input normalisation std (3 values; default from the encoder weights)",
+    "init": "fine-tune: start from a trained model (run folder, checkpoint, or a shipped name such as realtime)",
     "ema": "decay of an exponential moving average of the weights, used for validation and saved (e.g. 0.998; default off)",
     "threshold": "decision threshold; a given one is kept (default 0.5, or chosen with --choose-threshold)",
     "choose_threshold": "choose the decision threshold on the validation side after training (default: 0.5, "
@@ -139,6 +140,13 @@ def _weights_list(args) -> int:
     from .weights import format_weights_table
 
     print(format_weights_table())
+    return 0
+
+
+def _models(args) -> int:
+    from .predict import format_models_table
+
+    print(format_models_table())
     return 0
 
 
@@ -331,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("weights", help="encoder weights available on this machine")
     wsub = w.add_subparsers(dest="weights_command", required=True, metavar="SUBCOMMAND")
     wsub.add_parser("list", help="which encoders have pretrained weights here").set_defaults(func=_weights_list)
+
+    sub.add_parser("models", help="the shipped models (use them by name: --run realtime)").set_defaults(func=_models)
 
     t = sub.add_parser("train", help="train a model into a run folder")
     t.add_argument("-o", "--output", help="run folder to create")

@@ -26,6 +26,8 @@ class Config:
     arch: str = "deeplabv3plus"
     encoder: str = "resnet50"
     encoder_weights: str = "imagenet"  # imagenet | none | path to a .pth/.safetensors state dict
+    init: str | None = None  # fine-tuning: start from a trained model's weights (run folder, checkpoint or a
+    # shipped model's name such as realtime) instead of encoder_weights; the network must be the same
     classes: int = 1
     in_channels: int = 3
     # input: the network sees frames scaled to fit height x width (aspect kept, padded to /32)
@@ -230,6 +232,22 @@ PRESETS["pranet-quiet"] = dict(
     verdict="head",
     negatives=[HYPERKVASIR_NEGATIVES],
     negatives_mask_weight=0.0,
+)
+
+
+# The accurate recipe, for a GPU (scripts/gpu.sh trains it): the PraNet protocol with the larger
+# EfficientNet-Lite2 (offline ImageNet weights, extra `weights`) at 352x448 (PraNet's 352 lines, the
+# frames' 4:3 aspect kept), 40 epochs, batch 16, mixed precision on the GPU. About 3x the compute of
+# `pranet` per epoch and 10x per run: about 10 hours on 2 CPU cores, minutes on a data-centre GPU. Not yet
+# measured.
+PRESETS["accurate"] = dict(
+    PRESETS["pranet"],
+    encoder="tu-tf_efficientnet_lite2",
+    height=352,
+    width=448,
+    epochs=40,
+    batch_size=16,
+    num_workers=8,
 )
 
 

@@ -36,6 +36,41 @@ def shipped_models() -> dict[str, Path]:
     return {w.stem: w for w in sorted(PRETRAINED_DIR.glob("*.safetensors")) if w.with_suffix(".json").is_file()}
 
 
+def model_card(weights: str | Path | None) -> Path | None:
+    """A shipped model's card (``NAME.md`` beside its weights in ``PRETRAINED_DIR``), None for any other."""
+    if weights is None:
+        return None
+    weights = Path(weights).resolve()
+    card = weights.with_suffix(".md")
+    return card if weights.parent == PRETRAINED_DIR.resolve() and card.is_file() else None
+
+
+def card_row(card: Path, name: str) -> str | None:
+    """The value of row ``name`` of a model card's table (``| name | value |``), without code marks."""
+    for line in card.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0] == name:
+            return cells[1].replace("`", "")
+    return None
+
+
+def format_models_table() -> str:
+    """The shipped models, a line each: name, network, input, verdict, the test mDice in their JSON, card."""
+    from .model import read_checkpoint_meta
+    from .progress import text_table
+
+    rows = [["name", "network", "input", "verdict", "test mDice (per image)", "card"]]
+    for name, weights in shipped_models().items():
+        meta = read_checkpoint_meta(weights)
+        cfg, metrics = meta["config"], meta.get("metrics", {})
+        mdice = ", ".join(f"{k.removeprefix('test_mdice_per_image_')} {v:.3f}" for k, v in metrics.items()
+                          if k.startswith("test_mdice_per_image"))
+        card = model_card(weights)
+        rows.append([name, f"{cfg['arch']} / {cfg['encoder']}", f"{cfg['height']}x{cfg['width']}",
+                     cfg.get("verdict", "peak"), mdice or "-", str(card) if card else "-"])
+    return "\n".join(text_table(rows)) if len(rows) > 1 else "No shipped model is installed."
+
+
 def resolve_model(checkpoint: str | Path | None) -> Path:
     """A run folder or checkpoint file -> its weights file; a shipped model's name (``realtime``) -> its
     weights; ``None`` -> the shipped real-time model."""

@@ -58,7 +58,7 @@ from starlette.websockets import WebSocketDisconnect
 from . import __version__
 from .alerts import AlertRule, AlertTracker
 from .errors import PolypsegError
-from .predict import DEFAULT_MODEL, PRETRAINED_DIR, Predictor, describe
+from .predict import Predictor, card_row, describe, model_card
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 TOKEN_ENV = "POLYPSEG_TOKEN"
@@ -575,33 +575,21 @@ def load_predictor(settings: ServeSettings) -> Predictor:
     return Predictor(settings.run, device=settings.device, backend=settings.backend, threads=settings.threads)
 
 
-def _card_row(name: str) -> str | None:
-    """A row of the shipped model card's table (``| name | value |``)."""
-    card = PRETRAINED_DIR / "MODEL_CARD.md"
-    if not card.is_file():
-        return None
-    for line in card.read_text(encoding="utf-8").splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 2 and cells[0] == name:
-            return cells[1].replace("`", "")
-    return None
-
-
 def model_info(predictor) -> dict[str, Any]:
     """What the page and ``GET /api/v1/model`` say about the model: name, architecture, input, threshold,
     training data (from the model card for the shipped model, else from the checkpoint's config)."""
     cfg = predictor.config
     checkpoint = getattr(predictor, "checkpoint", None)
-    shipped = checkpoint is not None and Path(checkpoint).resolve() == DEFAULT_MODEL.resolve()
+    card = model_card(checkpoint)
     metrics, epoch = {}, None
     if checkpoint is not None and Path(checkpoint).with_suffix(".json").is_file():
         from .model import read_checkpoint_meta
 
         meta = read_checkpoint_meta(checkpoint)
         metrics, epoch = meta.get("metrics", {}), meta.get("epoch")
-    data = _card_row("training data") if shipped else None
+    data = card_row(card, "training data") if card else None
     return {
-        "name": "polypseg real-time model (shipped)" if shipped else (Path(checkpoint).parent.name if checkpoint else "ONNX model"),
+        "name": f"polypseg {Path(checkpoint).stem} model (shipped)" if card else (Path(checkpoint).parent.name if checkpoint else "ONNX model"),
         "architecture": f"{cfg.arch} / {cfg.encoder}",
         "input": [cfg.height, cfg.width],
         "threshold": predictor.threshold,
@@ -615,6 +603,7 @@ def model_info(predictor) -> dict[str, Any]:
         "device": str(getattr(predictor, "device", "")),
         "version": __version__,
         "intended_use": RESEARCH_NOTE,
+        "card": card.read_text(encoding="utf-8") if card else None,
     }
 
 

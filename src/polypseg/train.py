@@ -29,7 +29,7 @@ from .data import SegmentationDataset, index_dataset, usable_pairs
 from .errors import PolypsegError
 from .files import atomic_write
 from .metrics import roc_auc
-from .model import build_model, load_checkpoint, save_checkpoint, split_output
+from .model import build_model, load_checkpoint, read_checkpoint_meta, save_checkpoint, split_output
 from .splits import load_split, make_split, resolve_fold, save_split, with_index
 from .transforms import eval_transform, train_transform
 
@@ -114,6 +114,37 @@ def weighted_mask_loss(loss: torch.nn.Module, logits: torch.Tensor, mask: torch.
     if negatives_weight > 0 and (~pos).any():
         total = total + negatives_weight * loss(logits[~pos], mask[~pos])
     return total
+
+
+# What must match between a fine-tuning run and the model it starts from (``Config.init``).
+NETWORK_FIELDS = ("arch", "encoder", "classes", "in_channels")
+HEAD_PREFIX = "classification_head."  # smp's image-level head: may be added (or dropped) when fine-tuning
+
+
+def init_weights(model: torch.nn.Module, cfg: Config) -> Path:
+    """Load the weights of ``cfg.init`` (a run folder, checkpoint or shipped model's name) into ``model``,
+    the same network; an image-level head missing on one side starts fresh (or is left out). Returns the
+    weights file."""
+    from safetensors.torch import load_file
+
+    from .predict import resolve_model
+
+    weights = resolve_model(cfg.init)
+    theirs = Config.from_dict(read_checkpoint_meta(weights)["config"])
+    differ = [f"{f} {getattr(theirs, f)!r} here {getattr(cfg, f)!r}" for f in NETWORK_FIELDS
+              if getattr(theirs, f) != getattr(cfg, f)]
+    if differ:
+        raise PolypsegError(
+            f"--init {cfg.init} is another network ({'; '.join(differ)}). Fine-tuning starts from the same "
+            "network: pass its --arch and --encoder, or leave out --init to start from encoder weights."
+        )
+    own = model.state_dict()
+    state = {k: v.to(own[k].dtype) for k, v in load_file(str(weights)).items() if k in own}
+    missing, _ = model.load_state_dict(state, strict=False)
+    left = [k for k in missing if not k.startswith(HEAD_PREFIX)]
+    if left:
+        raise PolypsegError(f"--init {cfg.init} lacks {len(left)} weights of this network (e.g. {left[0]}).")
+    return weights
 
 
 def seed_worker(worker_id: int) -> None:
@@ -440,7 +471,9 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
         if not split.train:
             raise PolypsegError("No usable training frame is left after leaving out the bad pairs.")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = SegModule(cfg, pretrained=ckpt_path is None)  # resume restores every weight anyway
+    module = SegModule(cfg, pretrained=ckpt_path is None and cfg.init is None)  # resume restores every weight
+    if ckpt_path is None and cfg.init is not None:
+        print(f"fine-tuning from {init_weights(module.model, cfg)}")
 
     run.mkdir(parents=True, exist_ok=True)
     if _is_primary():
