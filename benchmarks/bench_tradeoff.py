@@ -86,7 +86,7 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("mDice (per image)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)

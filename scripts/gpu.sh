@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU run (issue 17): install what is missing, train the `accurate` recipe at its full size, evaluate it
+# The GPU run (issue 17): install what is missing, train the `accurate-gpu` recipe at its full size, evaluate it
 # on the PraNet test sets, and time every model on the GPU (torch eager fp32 / fp16 autocast and ONNX
 # Runtime's CUDA provider, batch 1 and 16), all into one results folder. About 8 minutes on one H200.
 #
@@ -46,22 +46,22 @@ fi
 step "$py" -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else ''); print('onnxruntime', o.__version__, o.get_available_providers())"
 
-# 2. The accurate recipe at its full size (smoke: a tiny random network, two batches, on CVC-ClinicDB alone).
+# 2. The accurate-gpu recipe at its full size (smoke: a tiny random network, two batches, on CVC-ClinicDB alone).
 if [ "$smoke" = 1 ]; then
-  recipe=(--preset accurate --data "$data/cvc-clinicdb" --encoder tu-test_efficientnet --encoder-weights none
+  recipe=(--preset accurate-gpu --data "$data/cvc-clinicdb" --encoder tu-test_efficientnet --encoder-weights none
           --height 64 --width 96 --batch-size 2 --epochs 1 --limit-batches 2 --num-workers 0 --accelerator cpu)
   sets=(--test-set "$data/cvc-clinicdb:test")
   timing=(--device cpu --batch 1 2 --iterations 2 --warmup 1)
 else
-  recipe=(--preset accurate --data "$data/cvc-clinicdb" --data "$data/kvasir-seg" ${epochs:+--epochs "$epochs"})
+  recipe=(--preset accurate-gpu --data "$data/cvc-clinicdb" --data "$data/kvasir-seg" ${epochs:+--epochs "$epochs"})
   sets=(--test-set "$data/cvc-clinicdb:test" --test-set "$data/kvasir-seg:test")
   timing=(--device cuda --batch 1 16)
 fi
-step "$py" -m polypseg train "${recipe[@]}" -o "$tmp/accurate"
-step "$py" -m polypseg evaluate --run "$tmp/accurate" "${sets[@]}" -o "$tmp/accurate-eval"
+step "$py" -m polypseg train "${recipe[@]}" -o "$tmp/accurate-gpu"
+step "$py" -m polypseg evaluate --run "$tmp/accurate-gpu" "${sets[@]}" -o "$tmp/accurate-gpu-eval"
 
 # 3. Every model timed on the device: the shipped ones and the one just trained.
-step "$py" benchmarks/bench_models.py realtime "$tmp/accurate" "${timing[@]}" -o "$tmp"
+step "$py" benchmarks/bench_models.py realtime accurate "$tmp/accurate-gpu" "${timing[@]}" -o "$tmp"
 
 log "done: results in $out"
 mv "$tmp" "$out"

@@ -2,7 +2,9 @@
 safetensors + JSON in src/polypseg/pretrained/, its test metrics copied into the JSON, and the run's
 split.json beside it (so `evaluate` and `export --int8` use the frames the model never saw).
 
-Usage: .venv/bin/python scripts/ship_model.py runs/pranet-lite0-e12   (evaluated: RUN/eval-test or RUN/eval-sets)
+Usage: .venv/bin/python scripts/ship_model.py RUN [NAME]   (evaluated: RUN/eval-test or RUN/eval-sets;
+NAME: the shipped model's name, default realtime; every shipped model shares the one split.json, so a run
+trained on another split is refused)
 Then check the fp16 file gives the run's figures (the test side of the split.json beside it):
   polypseg evaluate --run src/polypseg/pretrained/realtime.safetensors --data DATA -o runs/eval-shipped
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 from polypseg.files import atomic_write_text
 from polypseg.model import load_checkpoint, read_checkpoint_meta, save_checkpoint
 
-OUT = Path(__file__).resolve().parents[1] / "src" / "polypseg" / "pretrained" / "realtime.safetensors"
+SHELF = Path(__file__).resolve().parents[1] / "src" / "polypseg" / "pretrained"
 
 
 def _single_test_metrics(summary: dict, split: dict) -> dict:
@@ -49,19 +51,24 @@ def _sets_test_metrics(combined: dict, split: dict) -> dict:
     return out
 
 
-def ship(run: Path, out: Path = OUT) -> Path:
+def ship(run: Path, name: str = "realtime") -> Path:
+    out = SHELF / f"{name}.safetensors"
     split = json.loads((run / "split.json").read_text())
+    shared = out.parent / "split.json"
+    if shared.is_file() and any(json.loads(shared.read_text())[k] != split[k] for k in ("train", "val", "test")):
+        raise SystemExit(f"{run} was trained on another split than the shipped models' {shared}")
     if (run / "eval-sets" / "summary.json").is_file():
         test = _sets_test_metrics(json.loads((run / "eval-sets" / "summary.json").read_text()), split)
     else:
         test = _single_test_metrics(json.loads((run / "eval-test" / "summary.json").read_text()), split)
     model, cfg = load_checkpoint(run / "best.safetensors")
     meta = read_checkpoint_meta(run / "best.safetensors")
-    atomic_write_text(out.parent / "split.json", (run / "split.json").read_text())
+    if not shared.is_file():
+        atomic_write_text(shared, (run / "split.json").read_text())
     # A run without a validation side logs NaN for it: leave those out (JSON has no NaN).
     kept = {k: v for k, v in meta["metrics"].items() if not (isinstance(v, float) and math.isnan(v))}
     return save_checkpoint(model, cfg, out, epoch=meta["epoch"], metrics={**kept, **test}, half=True)
 
 
 if __name__ == "__main__":
-    print(ship(Path(sys.argv[1])))
+    print(ship(Path(sys.argv[1]), *sys.argv[2:3]))

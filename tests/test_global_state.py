@@ -30,7 +30,7 @@ def state():
 
 before = state()
 package = pathlib.Path(sys.argv[1])
-for path in sorted(package.glob("*.py")):
+for path in sorted(p for p in package.glob("*.py") if p.stem != "__main__"):  # __main__ runs the CLI
     importlib.import_module("polypseg" + ("" if path.stem == "__init__" else "." + path.stem))
 after_import = state()
 

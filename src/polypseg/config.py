@@ -235,12 +235,13 @@ PRESETS["pranet-quiet"] = dict(
 )
 
 
-# The accurate recipe, for a GPU (scripts/gpu.sh trains it): the PraNet protocol with the larger
+# The accurate recipe for a GPU (scripts/gpu.sh trains it; the shipped `accurate` model is a CPU fine-tune
+# of `realtime`, docs/training-log.md row 26): the PraNet protocol with the larger
 # EfficientNet-Lite2 (offline ImageNet weights, extra `weights`) at 352x448 (PraNet's 352 lines, the
 # frames' 4:3 aspect kept), 40 epochs, batch 16, mixed precision on the GPU. About 3x the compute of
 # `pranet` per epoch and 10x per run: about 10 hours on 2 CPU cores, minutes on a data-centre GPU. Not yet
 # measured.
-PRESETS["accurate"] = dict(
+PRESETS["accurate-gpu"] = dict(
     PRESETS["pranet"],
     encoder="tu-tf_efficientnet_lite2",
     height=352,
