@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from polypseg.bench import cpu_name
 from polypseg.files import atomic_write_text
 from polypseg.model import load_checkpoint
 from polypseg.predict import resolve_model
@@ -31,7 +31,7 @@ from polypseg.runtime import export_bytes, ort_session, torch_device
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)"
 
 
 def timed(call, x, iterations: int, warmup: int, device: torch.device) -> np.ndarray:
@@ -77,13 +77,12 @@ def ort_run(model, cfg, device: torch.device):
 def bench_model(name: str, device: torch.device, batches: list[int], iterations: int, warmup: int) -> list[dict]:
     weights = resolve_model(name)
     model, cfg = load_checkpoint(weights, device=device)
+    runs = [*torch_runs(model, device), ort_run(model, cfg, device)]  # one ONNX export: its batch is dynamic
+    model.to(device)  # export_bytes moves the model to the CPU
     rows = []
     for batch in batches:
         x = torch.randn(batch, cfg.in_channels, cfg.height, cfg.width, device=device)
-        runs = list(torch_runs(model, device))
-        runtime, ort_call = ort_run(model, cfg, device)
-        model.to(device)  # export_bytes moves the model to the CPU
-        for runtime_name, call in runs + [(runtime, ort_call)]:
+        for runtime_name, call in runs:
             row = dict(model=Path(name).name, encoder=cfg.encoder, input=f"{cfg.height}x{cfg.width}", batch=batch,
                        runtime=runtime_name)
             if isinstance(call, str):

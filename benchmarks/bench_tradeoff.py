@@ -22,15 +22,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from polypseg.bench import cpu_name, video_runs  # noqa: E402
+from polypseg.bench import benchmark_clip, cpu_name, video_runs  # noqa: E402
 from polypseg.config import DEFAULT_DATA, KVASIR_DATA  # noqa: E402
-from polypseg.data import index_dataset, read_image  # noqa: E402
+from polypseg.data import index_dataset  # noqa: E402
 from polypseg.evaluate import evaluate_sets  # noqa: E402
 from polypseg.files import atomic_write, atomic_write_text  # noqa: E402
 from polypseg.predict import resolve_model  # noqa: E402
 from polypseg.progress import text_table  # noqa: E402
 from polypseg.runtime import SPIN_DEFAULT, cpu_cores  # noqa: E402
-from polypseg.video import write_clip  # noqa: E402
 
 SETS = {"Kvasir-SEG test": f"{KVASIR_DATA}:test", "CVC-ClinicDB test": f"{DEFAULT_DATA}:test"}
 CROSS = "ClinicDB -> all Kvasir-SEG"
@@ -59,8 +58,7 @@ def mdice(run: str, sets: list[str], out: Path) -> list[float]:
 def measure(candidates: dict[str, str], cross: dict[str, str], repeats: int, eval_dir: Path) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="polypseg-tradeoff-") as tmp:
-        frames = sorted(index_dataset(DEFAULT_DATA).pairs, key=lambda p: (p.sequence or 0, p.id))[:200]
-        clip = write_clip((read_image(p.image) for p in frames), Path(tmp) / "clip.mp4", fps=25)
+        clip = benchmark_clip(index_dataset(DEFAULT_DATA).pairs, 200, Path(tmp) / "clip.mp4")
         setting = [dict(backend="onnxruntime", threads=cpu_cores(), spin=SPIN_DEFAULT)]
         for name, run in candidates.items():
             scores = dict(zip(SETS, mdice(run, list(SETS.values()), eval_dir / name)))

@@ -126,8 +126,7 @@ def benchmark(
                 del predictor
         if video:
             n = video_frames or (50 if quick else 200)
-            clip_pairs = sorted(pairs, key=lambda p: (p.sequence or 0, p.id))[:n]
-            clip = write_clip((read_image(p.image) for p in clip_pairs), Path(tmp) / "clip.mp4", fps=25)
+            clip = benchmark_clip(pairs, n, Path(tmp) / "clip.mp4")
             model, label = _video_model(video_model, checkpoints, height, width)
             if model is not None or DEFAULT_MODEL.is_file():
                 settings = video_settings(thread_choices, quick)
@@ -149,6 +148,12 @@ def _video_model(video_model, checkpoints: dict, height: int, width: int) -> tup
     if REALTIME_ENCODER in checkpoints:
         return checkpoints[REALTIME_ENCODER], f"{REALTIME_ENCODER} ({height}x{width} input, random weights)"
     return None, ""
+
+
+def benchmark_clip(pairs, n: int, path: Path) -> Path:
+    """The video benchmarks' clip: the first ``n`` frames of ``pairs`` in sequence order, H.264 at 25 fps."""
+    ordered = sorted(pairs, key=lambda p: (p.sequence or 0, p.id))[:n]
+    return write_clip((read_image(p.image) for p in ordered), path, fps=25)
 
 
 def video_settings(thread_choices: Sequence[int], quick: bool) -> list[dict[str, Any]]:

@@ -473,7 +473,9 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SegModule(cfg, pretrained=ckpt_path is None and cfg.init is None)  # resume restores every weight
     if ckpt_path is None and cfg.init is not None:
-        print(f"fine-tuning from {init_weights(module.model, cfg)}")
+        weights = init_weights(module.model, cfg)  # every DDP process loads them; one says so
+        if _is_primary():
+            print(f"fine-tuning from {weights}")
 
     run.mkdir(parents=True, exist_ok=True)
     if _is_primary():
