@@ -4,9 +4,11 @@ For each candidate: mDice (per image) on the Kvasir-SEG and CVC-ClinicDB PraNet 
 cross-data row (the same recipe trained on CVC-ClinicDB only, tested on all of Kvasir-SEG: `--cross`), and
 the video pipeline's fps on this machine (`run_video` on a 200-frame H.264 clip of CVC-ClinicDB frames,
 ONNX Runtime with the default threads, the median of `--repeats` runs, every candidate in this one
-session). Evaluations are kept in `--eval-dir` and reused when run again.
+session). Evaluations are kept in `--eval-dir` and reused when run again. A candidate NAME=RUN@FILE runs
+the ONNX file FILE of RUN (e.g. its int8 file from `polypseg export --int8`) for both its mDice and its fps.
 
     python benchmarks/bench_tradeoff.py --candidate realtime=realtime --candidate fine-288=runs/ft-288 \\
+        --candidate realtime-int8=realtime@realtime.int8.onnx \\
         --cross realtime=runs/clinic-structure-e12 -o docs/tradeoff.png --table docs/tradeoff.md
 """
 
@@ -37,35 +39,41 @@ MARKERS = {"Kvasir-SEG test": "o", "CVC-ClinicDB test": "s", CROSS: "^"}
 FPS_TARGET = 40
 
 
-def pairs_of(specs: list[str]) -> dict[str, str]:
+def pairs_of(specs: list[str]) -> dict[str, tuple[str, str | None]]:
+    """NAME=RUN[@ONNX] specs -> {NAME: (RUN, ONNX file or None)}."""
     out = {}
     for spec in specs:
-        name, sep, run = spec.partition("=")
-        if not sep or not name or not run:
-            raise SystemExit(f"'{spec}' is not NAME=RUN (a shipped model's name, a run folder or a checkpoint)")
-        out[name] = run
+        name, sep, target = spec.partition("=")
+        run, at, onnx = target.partition("@")
+        if not sep or not name or not run or (at and not onnx):
+            raise SystemExit(f"'{spec}' is not NAME=RUN or NAME=RUN@FILE.onnx (RUN: a shipped model's name, a run "
+                             "folder or a checkpoint)")
+        out[name] = (run, onnx or None)
     return out
 
 
-def mdice(run: str, sets: list[str], out: Path) -> list[float]:
-    """Per-image mDice of ``run`` on each of ``sets``, from ``out``'s summary when it is there."""
+def mdice(run: tuple[str, str | None], sets: list[str], out: Path) -> list[float]:
+    """Per-image mDice of ``run`` (a run and its ONNX file or None) on each of ``sets``, from ``out``'s
+    summary when it is there."""
     if not (out / "summary.json").is_file():
-        evaluate_sets(run, sets, out=out, bootstrap=0, gallery=0, progress=False)
+        weights, onnx = run
+        evaluate_sets(weights, sets, out=out, bootstrap=0, gallery=0, progress=False,
+                      backend="torch" if onnx is None else "onnxruntime", onnx=onnx)
     summary = json.loads((out / "summary.json").read_text())
     return [t["metrics"]["per-image"]["dice"] for t in summary["test_sets"]]
 
 
-def measure(candidates: dict[str, str], cross: dict[str, str], repeats: int, eval_dir: Path) -> list[dict]:
+def measure(candidates: dict[str, tuple], cross: dict[str, tuple], repeats: int, eval_dir: Path) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="polypseg-tradeoff-") as tmp:
         clip = benchmark_clip(index_dataset(DEFAULT_DATA).pairs, 200, Path(tmp) / "clip.mp4")
-        setting = [dict(backend="onnxruntime", threads=cpu_cores(), spin=SPIN_DEFAULT)]
         for name, run in candidates.items():
+            setting = [dict(backend="onnxruntime", threads=cpu_cores(), spin=SPIN_DEFAULT, onnx_path=run[1])]
             scores = dict(zip(SETS, mdice(run, list(SETS.values()), eval_dir / name)))
             if name in cross:
                 scores[CROSS] = mdice(cross[name], [KVASIR_DATA], eval_dir / f"{name}-cross")[0]
-            video = video_runs(clip, resolve_model(run), name, setting, repeats, Path(tmp))[0]
-            rows.append(dict(candidate=name, run=run, **scores, fps=video["fps_median"],
+            video = video_runs(clip, resolve_model(run[0]), name, setting, repeats, Path(tmp))[0]
+            rows.append(dict(candidate=name, run=run[0] if run[1] is None else f"{run[0]}@{run[1]}", **scores, fps=video["fps_median"],
                              fps_range=(video["fps_min"], video["fps_max"])))
     return rows
 

@@ -19,3 +19,11 @@ def test_video_rows_report_median_and_spread_over_the_repeats(tiny_checkpoint, d
     assert "| median fps | min-max fps | median latency ms |" in table
     assert "| stage, run alone | median ms per frame |" in table
     assert table in capsys.readouterr().out
+
+
+def test_int8_adds_a_video_row_for_the_models_int8_file(tiny_checkpoint, data_dir):
+    result = benchmark(quick=True, data=data_dir, encoders=(), video_frames=4, repeats=1, int8=True,
+                       video_model=tiny_checkpoint / "best.safetensors")
+    runtimes = [r["runtime"] for r in result["video"]]
+    assert runtimes[-1] == "onnxruntime model.int8.onnx" and runtimes.count(runtimes[-1]) == 1
+    assert "| onnxruntime model.int8.onnx |" in format_benchmark(result)

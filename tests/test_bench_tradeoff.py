@@ -45,6 +45,8 @@ def test_picture_is_written(tradeoff, tmp_path):
 
 
 def test_candidate_specs_are_checked(tradeoff):
-    assert tradeoff.pairs_of(["a=runs/a", "b=realtime"]) == {"a": "runs/a", "b": "realtime"}
-    with pytest.raises(SystemExit, match="NAME=RUN"):
-        tradeoff.pairs_of(["runs/a"])
+    assert tradeoff.pairs_of(["a=runs/a", "b=realtime", "q=realtime@x/realtime.int8.onnx"]) == {
+        "a": ("runs/a", None), "b": ("realtime", None), "q": ("realtime", "x/realtime.int8.onnx")}
+    for bad in ("runs/a", "a=realtime@", "=runs/a"):
+        with pytest.raises(SystemExit, match="NAME=RUN"):
+            tradeoff.pairs_of([bad])

@@ -136,3 +136,65 @@ def test_int8_quantisation_and_report(tiny_checkpoint, data_dir, frames, capsys)
     assert abs(report["dice_int8"] - report["dice_fp32"]) < 0.2
     assert report["dice_change"] == pytest.approx(report["dice_int8"] - report["dice_fp32"])
     assert report["speedup"] == pytest.approx(report["ms_fp32"] / report["ms_int8"])
+
+
+def test_evaluate_runs_the_deployed_onnx_file(tiny_checkpoint, exported, data_dir, tmp_path):
+    from polypseg.evaluate import evaluate, format_summary_table
+
+    common = dict(data=data_dir, split=None, bootstrap=0, gallery=0, progress=False)
+    save_split_of_three(tiny_checkpoint, data_dir)
+    ref = evaluate(tiny_checkpoint, out=tmp_path / "torch", **common)
+    ort = evaluate(tiny_checkpoint, out=tmp_path / "ort", backend="onnxruntime", onnx=exported, **common)
+    assert (ref["backend"], ref["onnx"]) == ("torch", None)
+    assert (ort["backend"], ort["onnx"]) == ("onnxruntime", str(exported))
+    assert ort["metrics"]["per-image"]["dice"] == pytest.approx(ref["metrics"]["per-image"]["dice"], abs=0.02)
+    assert f"onnxruntime ({exported})" in format_summary_table(ort)
+    assert f"onnxruntime ({exported})" in (tmp_path / "ort" / "report.md").read_text()
+    assert "onnxruntime" not in format_summary_table(ref)
+    with pytest.raises(PolypsegError, match="backend onnxruntime"):
+        evaluate(tiny_checkpoint, out=tmp_path / "bad", onnx=exported, **common)
+    assert not (tmp_path / "bad").exists()
+
+
+def save_split_of_three(run, data_dir):
+    from polypseg.data import index_dataset
+    from polypseg.splits import Split, save_split
+
+    seq = {p.id: p.sequence for p in index_dataset(data_dir).pairs}
+    ids = ("100", "300", "480")
+    save_split(Split(strategy="random", seed=0, train=[], val=[], test=list(ids), params={}, leak={},
+                     sequences={i: seq[i] for i in ids}), run / "split.json")
+
+
+def test_shape_arithmetic_is_what_reads_only_shapes_and_constants():
+    from onnx import TensorProto, helper
+
+    from polypseg.export import shape_arithmetic
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Constant", [], ["one"], name="const", value=helper.make_tensor("v", TensorProto.INT64, [1], [1])),
+        helper.make_node("Add", ["s", "one"], ["s1"], name="shape_add"),
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Add", ["r", "x"], ["y"], name="data_add"),
+        helper.make_node("Reshape", ["y", "s1"], ["z"], name="reshape"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    assert shape_arithmetic(helper.make_model(graph)) == ["shape", "const", "shape_add"]
+
+
+def test_int8_file_of_the_shipped_model_takes_other_input_sizes(tmp_path, frames):
+    """EfficientNet-Lite's TF-'same' padding is computed from the input shape; quantised with it, the int8
+    file ran at the calibration height only and failed on frames fitted to another one."""
+    from polypseg.export import quantize_int8
+
+    fp32 = export_onnx("realtime", out_path=tmp_path / "realtime.onnx", check_frames=1, verbose=False)
+    cfg = Predictor("realtime").config
+    q = quantize_int8(fp32, tmp_path / "realtime.int8.onnx", [to_input(f, cfg)[0][None] for f in frames[:2]])
+    session, ref = ort_session(q), ort_session(fp32)
+    for h, w in [(cfg.height, cfg.width), (cfg.height + 32, cfg.width), (cfg.height + 64, cfg.width + 96)]:
+        x = to_input(cv2.resize(frames[1], (w, h), interpolation=cv2.INTER_AREA), cfg.replace(height=h, width=w))[0][None]
+        out = session.run(None, {"image": x})[0]
+        assert out.shape == (1, 1, h, w)
+        assert np.abs(out - ref.run(None, {"image": x})[0]).mean() < 0.05

@@ -75,7 +75,7 @@ def benchmark(
 
     The video pipeline runs the shipped real-time model (``video_model``: another checkpoint) ``repeats``
     times per setting: ONNX Runtime with 1, 2 and all threads, spinning on and off, and torch (``quick``:
-    ONNX Runtime with the default spinning only); then each stage alone (decode, preprocess, inference,
+    ONNX Runtime with the default spinning only), with ``int8`` also its int8 file on all threads; then each stage alone (decode, preprocess, inference,
     resize back + overlay, H.264 encode) with the default setting.
 
     Latency covers what ``Predictor.predict_prob`` does for one frame: preprocessing, the network and
@@ -130,6 +130,11 @@ def benchmark(
             model, label = _video_model(video_model, checkpoints, height, width)
             if model is not None or DEFAULT_MODEL.is_file():
                 settings = video_settings(thread_choices, quick)
+                if int8:  # the video model's own int8 file, calibrated on its training frames
+                    q = export_onnx(model if model is not None else DEFAULT_MODEL, out_path=Path(tmp) / "model.onnx",
+                                    int8=True, check_frames=1, calibration_frames=16 if quick else 64,
+                                    compare_frames=4, verbose=False)
+                    settings.append(dict(backend="onnxruntime", threads=threads, spin=SPIN_DEFAULT, onnx_path=q))
                 result["video"] = video_runs(clip, model, label, settings, repeats, Path(tmp))
                 result["stages"] = stage_costs(clip, Predictor(model, backend="onnxruntime", threads=threads),
                                                Path(tmp) / "stages.mp4")
@@ -183,7 +188,7 @@ def video_runs(clip: Path, model: Path | None, label: str, settings: list[dict[s
             fps[i].append(stats.fps)
             latency[i].append(stats.latency_median_ms)
             frames = stats.frames
-    return [{"model": label, "runtime": kw["backend"], "threads": kw["threads"],
+    return [{"model": label, "runtime": kw["backend"] + (f" {Path(kw['onnx_path']).name}" if kw.get("onnx_path") else ""), "threads": kw["threads"],
              "spin": kw.get("spin") if kw["backend"] == "onnxruntime" else None, "frames": frames,
              "runs": repeats, "fps_all": fps[i], "fps_median": float(np.median(fps[i])),
              "fps_min": min(fps[i]), "fps_max": max(fps[i]), "latency_median_ms": float(np.median(latency[i]))}

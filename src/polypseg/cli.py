@@ -173,7 +173,8 @@ def _evaluate(args) -> int:
     from .evaluate import evaluate, evaluate_sets, format_summary_table
 
     common = dict(out=args.output, tta=args.tta, threshold=args.threshold, bootstrap=args.bootstrap,
-                  pranet_mdice=args.pranet_mdice, device=args.device, skip_bad=args.skip_bad)
+                  pranet_mdice=args.pranet_mdice, device=args.device, skip_bad=args.skip_bad, backend=args.backend,
+                  onnx=args.onnx)
     if args.test_set or args.negatives:
         if args.data or args.split or args.all:
             raise PolypsegError("--test-set and --negatives name the test sets themselves; drop --data, --split and --all.")
@@ -348,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
     t.set_defaults(func=_train)
 
+    def runtime_flags(q, backend: str = "torch"):
+        q.add_argument("--backend", default=backend, choices=["torch", "onnxruntime"],
+                       help=f"inference runtime (default {backend})")
+        q.add_argument("--onnx", metavar="FILE", help="ONNX file for --backend onnxruntime, e.g. RUN/best.int8.onnx "
+                       "(default: RUN/best.onnx from `polypseg export`, else exported in memory)")
+
     def eval_flags(q, run_required=True):
         q.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
         q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
@@ -356,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="metrics, per-image results and a report for a trained run")
     eval_flags(e)
+    runtime_flags(e)
     e.add_argument("--negatives", action="append", metavar="DIR[:SIDE]",
                    help="a test set of polyp-free frames without masks (frame level: specificity, AUC); repeatable")
     e.add_argument("--test-set", action="append", metavar="DIR[:SIDE]",
@@ -395,12 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def infer_flags(q, backend: str = "torch"):
         q.add_argument("--run", help="run folder, checkpoint, or a shipped model by name (default: realtime, the shipped real-time model)")
-        q.add_argument("--backend", default=backend, choices=["torch", "onnxruntime"],
-                       help=f"inference runtime (default {backend})")
         q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (onnxruntime: needs onnxruntime-gpu)")
-        q.add_argument("--onnx", metavar="FILE", help="ONNX file for --backend onnxruntime, e.g. RUN/best.int8.onnx "
-                       "(default: RUN/best.onnx from `polypseg export`, else exported in memory)")
         q.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
+        runtime_flags(q, backend)
 
     pr = sub.add_parser("predict", help="masks and overlays for images or folders of images")
     pr.add_argument("inputs", nargs="+", help="image files or folders")

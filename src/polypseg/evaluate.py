@@ -37,17 +37,19 @@ from .viz import GREEN, YELLOW, overlay
 SUMMARY_FORMAT = "polypseg-eval/1"
 # The keyword options of evaluate() and evaluate_sets(), with their defaults.
 EVAL_OPTIONS: dict[str, Any] = dict(tta=False, threshold=None, bootstrap=1000, pranet_mdice=False, gallery=8,
-                                    device="cpu", seed=0, progress=True, skip_bad=False)
+                                    device="cpu", seed=0, progress=True, skip_bad=False, backend="torch", onnx=None)
 
 
-def _prepare(run, device: str, tta: bool, threshold: float | None, bootstrap: int):
-    """(predictor, checkpoint file, threshold, where the threshold came from), the inputs checked."""
+def _prepare(run, runtime: dict[str, Any], threshold: float | None, bootstrap: int):
+    """(predictor, checkpoint file, threshold, where the threshold came from), the inputs checked.
+    ``runtime``: how the model runs (tta, device, backend, onnx), as the summary records it."""
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise PolypsegError(f"The threshold must lie between 0 and 1, got {threshold}.")
     if bootstrap < 0:
         raise PolypsegError(f"The number of bootstrap resamples must be 0 or more, got {bootstrap}.")
     weights = resolve_model(run)
-    predictor = Predictor(weights, device=device, tta=tta)
+    predictor = Predictor(weights, device=runtime["device"], tta=runtime["tta"], backend=runtime["backend"],
+                          onnx_path=runtime["onnx"])
     if threshold is None:
         threshold = predictor.threshold
         from_validation = read_checkpoint_meta(weights).get("metrics", {}).get("threshold_from") == "validation"
@@ -91,6 +93,8 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     skip_bad: bool = False,
+    backend: str = "torch",
+    onnx: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``run`` and write its evaluation folder; returns the summary (as in summary.json).
 
@@ -100,6 +104,7 @@ def evaluate(
     intervals (0: none), drawn with ``seed``. ``gallery``: how many frames (half best, half worst)
     the report shows. A run trained on several folders is evaluated on each folder's test side
     (``evaluate_sets``). Unreadable pairs are an error, or left out (and listed) with ``skip_bad``.
+    ``backend``/``onnx``: evaluate the model as it is deployed, e.g. ``onnxruntime`` with its int8 file.
     """
     if all_pairs and split is not None:
         raise PolypsegError("Give either a split file or --all (every pair of the folder), not both.")
@@ -110,8 +115,9 @@ def evaluate(
     if data is None and split is None and not all_pairs and (isinstance(run_cfg.data, list) or run_cfg.negatives):
         return evaluate_sets(run, None, out=out, tta=tta, threshold=threshold, bootstrap=bootstrap,
                              pranet_mdice=pranet_mdice, gallery=gallery, device=device, seed=seed,
-                             progress=progress, skip_bad=skip_bad)
-    predictor, weights, threshold, source = _prepare(run, device, tta, threshold, bootstrap)
+                             progress=progress, skip_bad=skip_bad, backend=backend, onnx=onnx)
+    runtime = _runtime(tta=tta, device=device, backend=backend, onnx=onnx)
+    predictor, weights, threshold, source = _prepare(run, runtime, threshold, bootstrap)
     run_dir = weights.parent
     cfg = predictor.config
     index = index_dataset(data if data is not None else cfg.data)
@@ -125,8 +131,22 @@ def evaluate(
     selection["seen_in_training"] = _seen_in_training(run_dir, index, cfg, data, [p.id for p in pairs])
     out = Path(out) if out is not None else run_dir / f"eval-{selection['name']}"
     return _write_folder(out, lambda tmp: _evaluate_set(
-        tmp, out, predictor, pairs, selection, index, threshold, source, weights, tta, device, bootstrap,
+        tmp, out, predictor, pairs, selection, index, threshold, source, weights, runtime, bootstrap,
         pranet_mdice, gallery, seed, progress))
+
+
+def _runtime(tta: bool, device: str, backend: str, onnx: str | Path | None) -> dict[str, Any]:
+    """How the model runs in an evaluation, as its summary records it."""
+    return dict(tta=tta, device=device, backend=backend, onnx=None if onnx is None else str(onnx))
+
+
+def _runtime_text(summary: dict[str, Any]) -> str:
+    """'TTA off' and, unless it is torch, the runtime and the ONNX file the frames ran through."""
+    text = f"TTA {'on (flips)' if summary['tta'] else 'off'}"
+    backend = summary.get("backend", "torch")
+    if backend != "torch":
+        text += f", {backend}" + (f" ({summary['onnx']})" if summary.get("onnx") else "")
+    return text
 
 
 def _usable(pairs: list[Pair], skip_bad: bool, selection: dict[str, Any]) -> list[Pair]:
@@ -138,14 +158,14 @@ def _usable(pairs: list[Pair], skip_bad: bool, selection: dict[str, Any]) -> lis
     return good
 
 
-def _evaluate_set(folder, out, predictor, pairs, selection, index, threshold, source, weights, tta, device,
+def _evaluate_set(folder, out, predictor, pairs, selection, index, threshold, source, weights, runtime,
                   bootstrap, pranet_mdice, gallery, seed, progress) -> dict[str, Any]:
     """Evaluate one set into ``folder`` (its per-image CSV, figures, summary and reports); ``out`` is where
     the folder will end up."""
     summary = _evaluate_into(folder, predictor, pairs, threshold, bootstrap, pranet_mdice, gallery, seed, progress)
     summary.update(
         run=str(weights.parent), checkpoint=str(weights), data=str(index.root), selection=selection,
-        threshold=float(threshold), threshold_source=source, tta=tta, device=device,
+        threshold=float(threshold), threshold_source=source, **runtime,
         model=predictor.config.to_dict(), out=str(out),
     )
     _write_summary(folder, summary)
@@ -235,10 +255,10 @@ def evaluate_sets(run: str | Path, test_sets: list[str] | None = None, out: str 
     o = {**EVAL_OPTIONS, **options}
     if out is not None:
         check_writable(out, "the evaluation (-o)", folder=True)  # before the model loads
-    tta, threshold, bootstrap, pranet_mdice, gallery, device, seed, progress, skip_bad = (
-        o[k] for k in ("tta", "threshold", "bootstrap", "pranet_mdice", "gallery", "device", "seed", "progress",
-                       "skip_bad"))
-    predictor, weights, threshold, source = _prepare(run, device, tta, threshold, bootstrap)
+    threshold, bootstrap, pranet_mdice, gallery, seed, progress, skip_bad = (
+        o[k] for k in ("threshold", "bootstrap", "pranet_mdice", "gallery", "seed", "progress", "skip_bad"))
+    runtime = _runtime(o["tta"], o["device"], o["backend"], o["onnx"])
+    predictor, weights, threshold, source = _prepare(run, runtime, threshold, bootstrap)
     run_dir = weights.parent
     cfg = predictor.config
     if not test_sets and not negative_sets:
@@ -259,7 +279,7 @@ def evaluate_sets(run: str | Path, test_sets: list[str] | None = None, out: str 
             sub = tmp / selection["name"]
             sub.mkdir()
             sets.append(_evaluate_set(sub, out / selection["name"], predictor, pairs, selection, index, threshold,
-                                      source, weights, tta, device, bootstrap, pranet_mdice, gallery, seed, progress))
+                                      source, weights, runtime, bootstrap, pranet_mdice, gallery, seed, progress))
         combined = {"format": SUMMARY_FORMAT, "run": str(run_dir), "checkpoint": str(weights), "out": str(out),
                     "test_sets": sets}
         _write_summary(tmp, combined)
@@ -701,7 +721,7 @@ def _blocks(summary) -> list[tuple]:
         ("h", 1, "polypseg evaluation"),
         ("p", f"Run `{summary['run']}`, {n} images: {_what_text(summary)}. Threshold "
               f"{summary['threshold']:.2f} ({summary['threshold_source']}); never chosen on these images. "
-              f"TTA {'on (flips)' if summary['tta'] else 'off'}. Model {summary['model']['arch']} / "
+              f"{_runtime_text(summary)}. Model {summary['model']['arch']} / "
               f"{summary['model']['encoder']} at {summary['model']['height']}x{summary['model']['width']}; "
               "metrics at each image's own size."),
         ("p", _leak_line(summary)),
@@ -839,8 +859,8 @@ def _combined_blocks(combined: dict[str, Any]) -> list[tuple]:
     header, rows = _sets_table(sets)
     b: list[tuple] = [
         ("h", 1, "polypseg evaluation on several test sets"),
-        ("p", f"Run `{combined['run']}`. Threshold {first['threshold']:.2f} ({first['threshold_source']}); TTA "
-              f"{'on' if first['tta'] else 'off'}. Model {first['model']['arch']} / {first['model']['encoder']} at "
+        ("p", f"Run `{combined['run']}`. Threshold {first['threshold']:.2f} ({first['threshold_source']}); "
+              f"{_runtime_text(first)}. Model {first['model']['arch']} / {first['model']['encoder']} at "
               f"{first['model']['height']}x{first['model']['width']}; metrics at each image's own size. mDice and "
               "mIoU: per-image Dice and IoU of the polyp class, averaged over images, with 95% bootstrap "
               "intervals; the other columns as the polyp papers' toolbox computes them (pysodmetrics)."),
@@ -900,7 +920,7 @@ def format_summary_table(summary: dict[str, Any]) -> str:
     width = max(len(label) for label, _ in metrics.METRICS.values()) + 2
     lines = [
         f"{n} images: {_what_text(summary)}",
-        f"threshold {summary['threshold']:.2f} ({summary['threshold_source']}), TTA {'on' if summary['tta'] else 'off'}"
+        f"threshold {summary['threshold']:.2f} ({summary['threshold_source']}), {_runtime_text(summary)}"
         + (f", 95% CIs from {summary['bootstrap']['resamples']} bootstrap resamples" if summary.get("ci") else ""),
         "",
         f"mDice {_ci_text(summary, 'per-image', 'dice')}   mIoU {_ci_text(summary, 'per-image', 'iou')}   "

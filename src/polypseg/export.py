@@ -176,9 +176,26 @@ def calibration_inputs(pairs: Sequence, cfg: Config, n: int, show_progress: bool
     return [to_input(read_image(p.image), cfg)[0][None] for p in chosen]
 
 
+def shape_arithmetic(model) -> list[str]:
+    """The nodes of an ONNX graph that compute on tensor shapes, not on the image: everything that reads
+    only Shape outputs, constants or other such nodes (in a topological graph). TF-"same" padding
+    (EfficientNet-Lite's stem and strided convolutions) and size-matching resizes work this way; quantised,
+    their integers are rounded to the calibration frames' scale and the file breaks on other input sizes
+    (Concat of 63 and 64 rows), so they stay in float."""
+    data = {i.name for i in model.graph.input}
+    excluded = []
+    for node in model.graph.node:
+        if node.op_type != "Shape" and any(i in data for i in node.input):
+            data.update(node.output)
+        else:
+            excluded.append(node.name)
+    return excluded
+
+
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, inputs: Sequence[np.ndarray], where: str = "") -> Path:
     """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on
-    ``inputs``) of an fp32 ONNX file, written atomically to ``int8_path``; the metadata is kept."""
+    ``inputs``) of an fp32 ONNX file, written atomically to ``int8_path``; the metadata is kept. The shape
+    arithmetic stays in float, so the file takes any input size, as the fp32 file does."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -203,6 +220,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, inputs: Sequence
         quantize_static(
             str(pre), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=shape_arithmetic(onnx.load(str(pre))),
         )
         proto = onnx.load(str(quantized))
     set_metadata(proto, {**{p.key: p.value for p in fp32.metadata_props},
