@@ -300,3 +300,49 @@ def test_init_fine_tunes_from_a_trained_model(tmp_path, tiny_config, data_dir):
     assert not (tmp_path / "other").exists()  # refused before the run folder is made
     with pytest.raises(PolypsegError, match="neither a shipped model"):
         train(cfg.replace(init="nosuchmodel"), tmp_path / "missing", progress=False)
+
+
+class _ConstantTeacher(torch.nn.Module):
+    """A teacher whose logits are ``value`` everywhere; it records the input sizes it saw."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value, self.seen = value, []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[-2:]))
+        return torch.full((len(x), 1, *x.shape[-2:]), self.value)
+
+
+def test_distill_loss_is_bce_against_the_teachers_probabilities_at_its_own_size():
+    import math
+
+    from polypseg.train import distill_loss
+
+    teacher = _ConstantTeacher(2.0)
+    logits = torch.ones(2, 1, 32, 48)
+    loss = distill_loss(logits, torch.zeros(2, 3, 32, 48), teacher, (64, 96))
+    p, q = 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(-1.0))  # teacher's and student's probability
+    assert float(loss) == pytest.approx(-(p * math.log(q) + (1 - p) * math.log(1 - q)), abs=1e-5)
+    assert teacher.seen == [(64, 96)]  # the batch was resized to the teacher's input size
+
+
+def test_distillation_trains_beside_the_masks_and_keeps_the_teacher_out(tmp_path, tiny_config, tiny_checkpoint, data_dir):
+    from safetensors.torch import load_file
+
+    split = small_split(data_dir, tmp_path, ["001", "002", "030", "031"], ["060", "061"])
+    cfg = tiny_config.replace(split=str(split), epochs=1, limit_batches=2, width=128)
+    teacher_before = load_file(tiny_checkpoint / "best.safetensors")
+    plain = train(cfg, tmp_path / "plain", progress=False)
+    student = train(cfg.replace(distill=str(tiny_checkpoint), distill_weight=0.5), tmp_path / "student", progress=False)
+    distill = [float(r["train_distill_loss"]) for r in rows(student)]
+    assert len(distill) == 1 and 0 < distill[0] < 5
+    assert "train_distill_loss" not in rows(plain)[0]
+    assert load_file(student / "best.safetensors").keys() == load_file(plain / "best.safetensors").keys()
+    after = load_file(tiny_checkpoint / "best.safetensors")
+    assert all(torch.equal(teacher_before[k], after[k]) for k in after)
+    with pytest.raises(PolypsegError, match="normalises its input otherwise"):
+        train(cfg.replace(distill=str(tiny_checkpoint), mean=(0.1, 0.1, 0.1)), tmp_path / "other", progress=False)
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(PolypsegError, match="distill-weight"):
+        cfg.replace(distill=str(tiny_checkpoint), distill_weight=0)

@@ -25,6 +25,9 @@ CONFIG_HELP = {
     "mean": "input normalisation mean (3 values; default from the encoder weights)",
     "std": "input normalisation std (3 values; default from the encoder weights)",
     "init": "fine-tune: start from a trained model (run folder, checkpoint, or a shipped name such as realtime)",
+    "distill": "distil a teacher into this model: a trained run, checkpoint or shipped name (e.g. accurate), "
+               "run at its own input size; its probabilities are a second target beside the masks",
+    "distill_weight": "weight of the distillation term against the mask loss (default 1)",
     "ema": "decay of an exponential moving average of the weights, used for validation and saved (e.g. 0.998; default off)",
     "threshold": "decision threshold; a given one is kept (default 0.5, or chosen with --choose-threshold)",
     "choose_threshold": "choose the decision threshold on the validation side after training (default: 0.5, "

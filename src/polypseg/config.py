@@ -69,6 +69,9 @@ class Config:
     warmup_epochs: int = 1
     ema: float | None = None  # decay of an exponential moving average of the weights (Lightning's
     # EMAWeightAveraging, updated every step): validation and the saved checkpoints use the average; None: off
+    distill: str | None = None  # knowledge distillation: a trained teacher (run folder, checkpoint or a shipped
+    # model's name such as accurate) whose probabilities, at its own input size, the model learns beside the masks
+    distill_weight: float = 1.0  # weight of the distillation term (BCE against the teacher's probabilities)
     loss: str = "dice+bce"  # dice+bce | structure | dice | bce | focal | lovasz | tversky
     patience: int = 0  # early stopping on validation Dice after this many epochs without gain; 0: off
     seed: int = 0
@@ -104,6 +107,8 @@ class Config:
             raise PolypsegError("verdict 'head' needs the image-level head (aux_head=True, --aux-head).")
         if self.ema is not None and not 0.0 < float(self.ema) < 1.0:
             raise PolypsegError(f"--ema is the decay of the weights' moving average, between 0 and 1 (e.g. 0.998), got {self.ema}.")
+        if not float(self.distill_weight) > 0.0:
+            raise PolypsegError(f"--distill-weight must be above 0, got {self.distill_weight}.")
         if self.verdict_threshold is not None and not 0.0 <= float(self.verdict_threshold) <= 1.0:
             raise PolypsegError(f"The verdict threshold must lie between 0 and 1, got {self.verdict_threshold}.")
         if self.negatives_fraction is not None and not 0.0 < float(self.negatives_fraction) < 1.0:

@@ -147,6 +147,39 @@ def init_weights(model: torch.nn.Module, cfg: Config) -> Path:
     return weights
 
 
+def load_teacher(cfg: Config) -> tuple[torch.nn.Module, tuple[int, int]] | None:
+    """The frozen teacher of ``cfg.distill`` and its input size (height, width), or None. The teacher must
+    take the same normalised input (mean, std) and predict one class."""
+    if cfg.distill is None:
+        return None
+    from .predict import resolve_model
+
+    weights = resolve_model(cfg.distill)
+    teacher, tcfg = load_checkpoint(weights)
+    if cfg.classes != 1 or tcfg.classes != 1:
+        raise PolypsegError("Distillation (--distill) is for one class, polyp against background.")
+    if (tcfg.mean, tcfg.std) != (cfg.mean, cfg.std):
+        raise PolypsegError(
+            f"--distill {cfg.distill} normalises its input otherwise (mean {tcfg.mean}, std {tcfg.std}; here "
+            f"{cfg.mean}, {cfg.std}). Give --mean and --std of the teacher, or a teacher of the same encoder family."
+        )
+    return teacher.eval().requires_grad_(False), (tcfg.height, tcfg.width)
+
+
+def distill_loss(logits: torch.Tensor, image: torch.Tensor, teacher: torch.nn.Module,
+                 size: tuple[int, int]) -> torch.Tensor:
+    """BCE of the student's logits against the teacher's probabilities: the teacher sees the batch resized to
+    its own input ``size``, and its probabilities are resized back to the student's."""
+    interpolate = torch.nn.functional.interpolate
+    with torch.no_grad():
+        x = image if tuple(image.shape[-2:]) == size else interpolate(image, size=size, mode="bilinear",
+                                                                       align_corners=False)
+        target = split_output(teacher(x))[0].float()
+        if tuple(target.shape[-2:]) != tuple(logits.shape[-2:]):
+            target = interpolate(target, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), torch.sigmoid(target))
+
+
 def seed_worker(worker_id: int) -> None:
     """Give each data loader worker's augmentation its own seed, derived from the run's seed."""
     info = torch.utils.data.get_worker_info()
@@ -181,6 +214,8 @@ class SegModule(L.LightningModule):
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss = make_loss(cfg)
+        # a tuple, so the teacher is no sub-module: neither trained nor saved with the model
+        self._teacher = load_teacher(cfg)
         self._val: list[torch.Tensor] = []
         self._val_scores: list[torch.Tensor] = []  # (label, head score, peak probability) per image
 
@@ -189,22 +224,33 @@ class SegModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def _losses(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(total loss, mask loss, head loss or None). The mask loss counts polyp frames fully and
-        polyp-free ones with ``negatives_mask_weight``; the head learns every frame's label."""
+    def on_fit_start(self):
+        if self._teacher is not None:
+            self._teacher[0].to(self.device)
+
+    def _losses(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total loss, its terms: mask, and head and distill where used). The mask loss counts polyp frames
+        fully and polyp-free ones with ``negatives_mask_weight``; the head learns every frame's label; the
+        distillation term (``distill_weight``) the teacher's probabilities on every frame."""
         logits, head = split_output(self(batch["image"]))
-        mask_loss = weighted_mask_loss(self.loss, logits, batch["mask"], batch["polyp"], self.cfg.negatives_mask_weight)
-        if head is None:
-            return mask_loss, mask_loss, None
-        head_loss = torch.nn.functional.binary_cross_entropy_with_logits(head[:, 0], batch["polyp"])
-        return mask_loss + head_loss, mask_loss, head_loss
+        terms = {"mask": weighted_mask_loss(self.loss, logits, batch["mask"], batch["polyp"],
+                                            self.cfg.negatives_mask_weight)}
+        total = terms["mask"]
+        if head is not None:
+            terms["head"] = torch.nn.functional.binary_cross_entropy_with_logits(head[:, 0], batch["polyp"])
+            total = total + terms["head"]
+        if self._teacher is not None:
+            terms["distill"] = distill_loss(logits, batch["image"], *self._teacher)
+            total = total + self.cfg.distill_weight * terms["distill"]
+        return total, terms
 
     def training_step(self, batch, _):
-        loss, mask_loss, head_loss = self._losses(batch)
+        loss, terms = self._losses(batch)
         n = len(batch["image"])
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
-        if head_loss is not None:
-            self.log("train_head_loss", head_loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
+        for name in ("head", "distill"):
+            if name in terms:
+                self.log(f"train_{name}_loss", terms[name], on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         return loss
 
     def validation_step(self, batch, _):
@@ -306,6 +352,7 @@ class RunFolder(Callback):
             "val_dice_micro": m.get("val_dice_micro", float("nan")),
             "val_auc_head": m.get("val_auc_head", float("nan")),
             "val_auc_peak": m.get("val_auc_peak", float("nan")),
+            **({"train_distill_loss": m.get("train_distill_loss", float("nan"))} if self.cfg.distill else {}),
             "lr": trainer.optimizers[0].param_groups[1]["lr"],
             "seconds": round(time.time() - self.epoch_start, 1),
         }
