@@ -205,7 +205,7 @@ def test_killed_evaluate_leaves_no_partial_folder(sig, tiny_checkpoint, few_pair
     argv = ["evaluate", "--run", str(tiny_checkpoint), "--all", "--data", str(few_pairs), "--bootstrap", "0",
             "-o", str(out / "eval")]
     rng = random.Random(sig + 10)
-    for _ in range(5):  # a random wait past the end of 12 tiny frames finds it done: try again
+    for _ in range(20):  # a random wait past the end of 12 tiny frames finds it done: try again
         status = _interrupt_while_writing(argv, out, ".eval.tmp-*", sig, rng)
         if status != 0:
             break
