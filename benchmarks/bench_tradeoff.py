@@ -73,7 +73,8 @@ def measure(candidates: dict[str, tuple], cross: dict[str, tuple], repeats: int,
             if name in cross:
                 scores[CROSS] = mdice(cross[name], [KVASIR_DATA], eval_dir / f"{name}-cross")[0]
             video = video_runs(clip, resolve_model(run[0]), name, setting, repeats, Path(tmp))[0]
-            rows.append(dict(candidate=name, run=run[0] if run[1] is None else f"{run[0]}@{run[1]}", **scores, fps=video["fps_median"],
+            label = run[0] if run[1] is None else f"{run[0]}@{run[1]}"
+            rows.append(dict(candidate=name, run=label, **scores, fps=video["fps_median"],
                              fps_range=(video["fps_min"], video["fps_max"])))
     return rows
 

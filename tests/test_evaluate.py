@@ -183,3 +183,22 @@ def test_bad_inputs_raise_and_leave_no_output(tiny_checkpoint, data_dir, tmp_pat
     with pytest.raises(PolypsegError):
         evaluate(tiny_checkpoint, data=root, all_pairs=True, out=tmp_path / "ev", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "tiny-run"]
+
+
+def test_evaluate_runs_the_deployed_onnx_file(tiny_checkpoint, data_dir, tmp_path):
+    from polypseg.export import export_onnx
+
+    exported = export_onnx(tiny_checkpoint, check_frames=2, data=data_dir, verbose=False)
+    common = dict(data=data_dir, split=None, bootstrap=0, gallery=0, progress=False)
+    save_split(_split(data_dir, train=(), test=("100", "300", "480")), tiny_checkpoint / "split.json")
+    ref = evaluate(tiny_checkpoint, out=tmp_path / "torch", **common)
+    ort = evaluate(tiny_checkpoint, out=tmp_path / "ort", backend="onnxruntime", onnx=exported, **common)
+    assert (ref["backend"], ref["onnx"]) == ("torch", None)
+    assert (ort["backend"], ort["onnx"]) == ("onnxruntime", str(exported))
+    assert ort["metrics"]["per-image"]["dice"] == pytest.approx(ref["metrics"]["per-image"]["dice"], abs=0.02)
+    assert f"onnxruntime ({exported})" in format_summary_table(ort)
+    assert f"onnxruntime ({exported})" in (tmp_path / "ort" / "report.md").read_text()
+    assert "onnxruntime" not in format_summary_table(ref)
+    with pytest.raises(PolypsegError, match="backend onnxruntime"):
+        evaluate(tiny_checkpoint, out=tmp_path / "bad", onnx=exported, **common)
+    assert not (tmp_path / "bad").exists()

@@ -138,34 +138,6 @@ def test_int8_quantisation_and_report(tiny_checkpoint, data_dir, frames, capsys)
     assert report["speedup"] == pytest.approx(report["ms_fp32"] / report["ms_int8"])
 
 
-def test_evaluate_runs_the_deployed_onnx_file(tiny_checkpoint, exported, data_dir, tmp_path):
-    from polypseg.evaluate import evaluate, format_summary_table
-
-    common = dict(data=data_dir, split=None, bootstrap=0, gallery=0, progress=False)
-    save_split_of_three(tiny_checkpoint, data_dir)
-    ref = evaluate(tiny_checkpoint, out=tmp_path / "torch", **common)
-    ort = evaluate(tiny_checkpoint, out=tmp_path / "ort", backend="onnxruntime", onnx=exported, **common)
-    assert (ref["backend"], ref["onnx"]) == ("torch", None)
-    assert (ort["backend"], ort["onnx"]) == ("onnxruntime", str(exported))
-    assert ort["metrics"]["per-image"]["dice"] == pytest.approx(ref["metrics"]["per-image"]["dice"], abs=0.02)
-    assert f"onnxruntime ({exported})" in format_summary_table(ort)
-    assert f"onnxruntime ({exported})" in (tmp_path / "ort" / "report.md").read_text()
-    assert "onnxruntime" not in format_summary_table(ref)
-    with pytest.raises(PolypsegError, match="backend onnxruntime"):
-        evaluate(tiny_checkpoint, out=tmp_path / "bad", onnx=exported, **common)
-    assert not (tmp_path / "bad").exists()
-
-
-def save_split_of_three(run, data_dir):
-    from polypseg.data import index_dataset
-    from polypseg.splits import Split, save_split
-
-    seq = {p.id: p.sequence for p in index_dataset(data_dir).pairs}
-    ids = ("100", "300", "480")
-    save_split(Split(strategy="random", seed=0, train=[], val=[], test=list(ids), params={}, leak={},
-                     sequences={i: seq[i] for i in ids}), run / "split.json")
-
-
 def test_shape_arithmetic_is_what_reads_only_shapes_and_constants():
     from onnx import TensorProto, helper
 

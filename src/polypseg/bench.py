@@ -75,8 +75,9 @@ def benchmark(
 
     The video pipeline runs the shipped real-time model (``video_model``: another checkpoint) ``repeats``
     times per setting: ONNX Runtime with 1, 2 and all threads, spinning on and off, and torch (``quick``:
-    ONNX Runtime with the default spinning only), with ``int8`` also its int8 file on all threads; then each stage alone (decode, preprocess, inference,
-    resize back + overlay, H.264 encode) with the default setting.
+    ONNX Runtime with the default spinning only), with ``int8`` also its int8 file on all threads; then
+    each stage alone (decode, preprocess, inference, resize back + overlay, H.264 encode) with the default
+    setting.
 
     Latency covers what ``Predictor.predict_prob`` does for one frame: preprocessing, the network and
     resizing the probabilities back. ``quick``: few iterations, a short clip (for development).
@@ -111,9 +112,7 @@ def benchmark(
             variants = [("torch eager", dict(backend="torch")),
                         ("onnxruntime", dict(backend="onnxruntime", onnx_path=onnx_file))]
             if int8:
-                calib_pairs, where = side_pairs(ckpt, cfg, data, "train")
-                q = quantize_int8(onnx_file, int8_path_for(onnx_file),
-                                  calibration_inputs(calib_pairs, cfg, 16 if quick else 64), where)
+                q = _int8_file(onnx_file, ckpt, data, 16 if quick else 64)
                 variants.append(("onnxruntime int8", dict(backend="onnxruntime", onnx_path=q)))
             base = None
             for name, kwargs in variants:
@@ -131,15 +130,23 @@ def benchmark(
             if model is not None or DEFAULT_MODEL.is_file():
                 settings = video_settings(thread_choices, quick)
                 if int8:  # the video model's own int8 file, calibrated on its training frames
-                    q = export_onnx(model if model is not None else DEFAULT_MODEL, out_path=Path(tmp) / "model.onnx",
-                                    int8=True, check_frames=1, calibration_frames=16 if quick else 64,
-                                    compare_frames=4, verbose=False)
+                    weights = model if model is not None else DEFAULT_MODEL
+                    fp32 = export_onnx(weights, out_path=Path(tmp) / "model.onnx", check_frames=1, verbose=False)
+                    q = _int8_file(fp32, weights, None, 16 if quick else 64)
                     settings.append(dict(backend="onnxruntime", threads=threads, spin=SPIN_DEFAULT, onnx_path=q))
                 result["video"] = video_runs(clip, model, label, settings, repeats, Path(tmp))
                 result["stages"] = stage_costs(clip, Predictor(model, backend="onnxruntime", threads=threads),
                                                Path(tmp) / "stages.mp4")
     say(format_benchmark(result))
     return result
+
+
+def _int8_file(onnx_file: Path, weights: Path, data, n: int) -> Path:
+    """The int8 copy of ``onnx_file`` (NAME.int8.onnx beside it), calibrated on ``n`` training frames of the
+    checkpoint ``weights`` (from ``data``, else its own data folder)."""
+    cfg = load_checkpoint_config(weights)
+    pairs, where = side_pairs(weights, cfg, data, "train")
+    return quantize_int8(onnx_file, int8_path_for(onnx_file), calibration_inputs(pairs, cfg, n), where)
 
 
 def _video_model(video_model, checkpoints: dict, height: int, width: int) -> tuple[Path | None, str]:
@@ -188,7 +195,10 @@ def video_runs(clip: Path, model: Path | None, label: str, settings: list[dict[s
             fps[i].append(stats.fps)
             latency[i].append(stats.latency_median_ms)
             frames = stats.frames
-    return [{"model": label, "runtime": kw["backend"] + (f" {Path(kw['onnx_path']).name}" if kw.get("onnx_path") else ""), "threads": kw["threads"],
+    def runtime(kw: dict[str, Any]) -> str:
+        return kw["backend"] + (f" {Path(kw['onnx_path']).name}" if kw.get("onnx_path") else "")
+
+    return [{"model": label, "runtime": runtime(kw), "threads": kw["threads"],
              "spin": kw.get("spin") if kw["backend"] == "onnxruntime" else None, "frames": frames,
              "runs": repeats, "fps_all": fps[i], "fps_median": float(np.median(fps[i])),
              "fps_min": min(fps[i]), "fps_max": max(fps[i]), "latency_median_ms": float(np.median(latency[i]))}
