@@ -459,6 +459,27 @@ def test_cli_serve_prints_the_address_to_open(monkeypatch, capsys):
     assert "open http://127.0.0.1:8123/?token=t0ken" in out and "not for diagnosis" in out
 
 
+def test_cli_serve_runs_the_onnx_file_given(monkeypatch, tiny_checkpoint, data_dir, png):
+    """`serve --onnx FILE` serves that file (an int8 file, say), and the model card says which."""
+    import polypseg.serve as serve_module
+    from polypseg.cli import main
+    from polypseg.export import export_onnx
+
+    onnx = export_onnx(tiny_checkpoint, out_path=tiny_checkpoint / "deployed.onnx", check_frames=1, data=data_dir,
+                       verbose=False)
+    given = []
+    monkeypatch.setattr(serve_module, "serve", lambda settings, **kw: given.append(settings))
+    assert main(["serve", "--run", str(tiny_checkpoint), "--onnx", str(onnx)]) == 0
+    settings = given[0]
+    settings.allowed_hosts = TESTSERVER
+    predictor = serve_module.load_predictor(settings)
+    with TestClient(create_app(predictor, settings)) as c:
+        m = c.get("/api/v1/model").json()
+        assert (m["backend"], m["onnx"], m["input"]) == ("onnxruntime", "deployed.onnx", [64, 96])
+        r = _image(c, png)
+        assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (384, 288)
+
+
 # --- hosts and origins: no DNS rebinding, no WebSocket from another site's page ---------------------
 
 class CountingPredictor:

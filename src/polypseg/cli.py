@@ -269,8 +269,8 @@ def _serve(args) -> int:
     from .serve import ServeSettings, serve
 
     settings = ServeSettings(
-        run=args.run, backend=args.backend, device=args.device, threads=args.threads, token=args.token,
-        max_upload_mb=args.max_upload_mb, max_video_mb=args.max_video_mb, workers=args.workers,
+        run=args.run, backend=args.backend, onnx=args.onnx, device=args.device, threads=args.threads,
+        token=args.token, max_upload_mb=args.max_upload_mb, max_video_mb=args.max_video_mb, workers=args.workers,
         max_pending=args.max_pending, max_jobs=args.max_jobs, allowed_hosts=args.allowed_hosts,
     )
     serve(settings, host=args.host, port=args.port, insecure=args.insecure)
@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--run", help="run folder, checkpoint, or a shipped model by name (default: realtime, the shipped real-time model)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"])
+    runtime_flags(sv, "onnxruntime")
     sv.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (onnxruntime: needs onnxruntime-gpu)")
     sv.add_argument("--threads", type=int, help="CPU threads per inference (default: all cores)")
     sv.add_argument("--token", help="bearer token required on every request (default: $POLYPSEG_TOKEN)")

@@ -134,6 +134,7 @@ class Predictor:
             given = checkpoint is not None or onnx_path is None
             self.checkpoint = resolve_model(checkpoint) if given else None
             self.runner, self.config = onnx_backend(self.checkpoint, onnx_path, device, threads, spin)
+        self.onnx_path = None if onnx_path is None else Path(onnx_path)  # the file given, for the record
 
     @property
     def model(self) -> torch.nn.Module | None:

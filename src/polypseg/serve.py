@@ -75,6 +75,7 @@ class ServeSettings:
 
     run: str | None = None  # run folder or checkpoint; None: the shipped real-time model
     backend: str = "onnxruntime"
+    onnx: str | None = None  # ONNX file for the onnxruntime backend (e.g. RUN/best.int8.onnx); None: RUN/best.onnx
     device: str = "cpu"
     threads: int | None = None
     token: str | None = None  # bearer token required on every request when set
@@ -572,7 +573,8 @@ class JobManager:
 
 
 def load_predictor(settings: ServeSettings) -> Predictor:
-    return Predictor(settings.run, device=settings.device, backend=settings.backend, threads=settings.threads)
+    return Predictor(settings.run, device=settings.device, backend=settings.backend, onnx_path=settings.onnx,
+                     threads=settings.threads)
 
 
 def model_info(predictor) -> dict[str, Any]:
@@ -600,6 +602,7 @@ def model_info(predictor) -> dict[str, Any]:
         "validation_dice": round(metrics["val_dice"], 3) if math.isfinite(metrics.get("val_dice", math.nan)) else None,
         "epoch": epoch,
         "backend": getattr(predictor, "backend", None),
+        "onnx": getattr(getattr(predictor, "onnx_path", None), "name", None),  # e.g. best.int8.onnx
         "device": str(getattr(predictor, "device", "")),
         "version": __version__,
         "intended_use": RESEARCH_NOTE,
