@@ -16,7 +16,7 @@ from polypseg import metrics
 from polypseg.data import load_pair
 from polypseg.export import compare_int8, export_onnx, side_pairs, spread
 from polypseg.model import build_model, load_checkpoint, save_checkpoint
-from polypseg.predict import Predictor
+from polypseg.predict import Predictor, resolve_model
 from polypseg.runtime import ONNX_SHA256_KEY, file_sha256, onnx_metadata, ort_session
 from polypseg.transforms import to_input
 
@@ -170,3 +170,19 @@ def test_int8_file_of_the_shipped_model_takes_other_input_sizes(tmp_path, frames
         out = session.run(None, {"image": x})[0]
         assert out.shape == (1, 1, h, w)
         assert np.abs(out - ref.run(None, {"image": x})[0]).mean() < 0.05
+
+
+def test_export_removes_an_int8_file_that_fails_at_another_input_size(tmp_path, data_dir, monkeypatch):
+    """The quantiser's old behaviour (shape arithmetic quantised too) gives a file that runs at the
+    calibration height only: export's own check must catch it and leave no int8 file behind."""
+    import polypseg.export as export
+
+    shipped = resolve_model("realtime")
+    for suffix in (".safetensors", ".json"):  # the weights without their split: calibrated on data_dir's PraNet side
+        shutil.copy(shipped.with_suffix(suffix), tmp_path / f"realtime{suffix}")
+    monkeypatch.setattr(export, "shape_arithmetic", lambda model: [])
+    with pytest.raises(PolypsegError, match="int8 file failed on the check inputs") as err:
+        export_onnx(tmp_path / "realtime.safetensors", int8=True, check_frames=1, calibration_frames=2,
+                    compare_frames=2, data=data_dir, verbose=False)
+    assert "sizes 128x288, 224x224, 224x288" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["realtime.json", "realtime.onnx", "realtime.safetensors"]

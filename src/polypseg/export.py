@@ -73,14 +73,15 @@ def _check_frames(weights: Path, cfg: Config, data, n: int) -> tuple[list[np.nda
 
 
 def _check_inputs(frames: list[np.ndarray], cfg: Config) -> list[np.ndarray]:
-    """Each frame as the model sees it, and its centre square too: two input sizes, so the check
-    covers the dynamic height and width."""
+    """Each frame as the model sees it, its centre square and its middle half-height band: three input
+    sizes (another width, another height), so the check covers the dynamic height and width."""
     inputs = []
     for frame in frames:
         h, w = frame.shape[:2]
         s = min(h, w)
         square = frame[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-        inputs += [to_input(frame, cfg)[0][None], to_input(np.ascontiguousarray(square), cfg)[0][None]]
+        band = frame[h // 4:h // 4 + h // 2]
+        inputs += [to_input(np.ascontiguousarray(f), cfg)[0][None] for f in (frame, square, band)]
     return inputs
 
 
@@ -125,9 +126,10 @@ def export_onnx(
     ``out_path`` defaults to the checkpoint's name with ``.onnx`` (RUN/best.onnx), where the
     onnxruntime backend finds it. Before anything is written the file is checked against torch on
     ``check_frames`` real frames (test side of the run's split, from ``data`` or the run's data folder)
-    at two input sizes; the max abs difference of probabilities is printed (``verbose``) and must be
+    at three input sizes; the max abs difference of probabilities is printed (``verbose``) and must be
     below 1e-3. With ``int8`` a statically quantised copy is also written (``NAME.int8.onnx``,
-    calibrated on ``calibration_frames`` training frames), its test Dice and speed are compared with
+    calibrated on ``calibration_frames`` training frames) and run at the same input sizes (a file that
+    fails there is removed and the error raised), its test Dice and speed are compared with
     the fp32 file (``compare_int8`` on ``compare_frames`` test frames, default all), and its path is
     returned.
     """
@@ -161,7 +163,16 @@ def export_onnx(
     except PolypsegError as err:
         raise PolypsegError(f"int8 calibration needs training frames: {err} Pass the dataset with --data.") from None
     quantize_int8(out, target, calibration_inputs(calib_pairs, cfg, calibration_frames, verbose), calib_where)
-    say(f"written: {target} (int8, calibrated on {min(calibration_frames, len(calib_pairs))} frames, {calib_where})")
+    try:  # the int8 file must run at every input size, not only at the calibration frames' one
+        int8_diff = max_difference(model, ort_session(target), inputs)
+    except Exception as err:  # ONNX Runtime's failures are its own exception types
+        target.unlink(missing_ok=True)
+        raise PolypsegError(
+            f"The int8 file failed on the check inputs (sizes {sizes}), so it was removed: "
+            f"{' '.join(str(err).split())[:300]}. The fp32 file {out} is fine."
+        ) from None
+    say(f"written: {target} (int8, calibrated on {min(calibration_frames, len(calib_pairs))} frames, {calib_where}); "
+        f"runs at input sizes {sizes}, max abs difference of probabilities from torch {int8_diff:.2e}")
     say(format_int8_report(compare_int8(weights, out, target, data=data, max_frames=compare_frames)))
     return target
 
