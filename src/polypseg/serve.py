@@ -7,7 +7,7 @@ uploaded, streamed live or part of a video, is described by ``polypseg.predict.d
 
 Safe by default: loopback only unless told otherwise, answers only to allowed Host names (no DNS
 rebinding) and to WebSockets from no page or a page of an allowed host, an optional bearer token on every
-request, upload size limits, a pixel limit checked on the image header before decoding, one JSON error
+request, upload size limits (those three are the middlewares of ``guards``), a pixel limit checked on the image header before decoding, one JSON error
 shape, bounded concurrency (503 beyond), uploads in temporary folders removed when the request or job
 ends, and no access log (paths and file names never reach a log).
 """
@@ -17,15 +17,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import csv
-import hmac
 import io
 import ipaddress
 import math
 import os
 import queue
-import re
 import shutil
-import socket
 import struct
 import tempfile
 import threading
@@ -36,37 +33,32 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.websockets import WebSocketDisconnect
 
 from . import __version__
 from .alerts import AlertRule, AlertTracker
 from .errors import PolypsegError
+from .guards import Guard, HostGuard, allowed_hosts, bind_names, error_response, one_line
 from .predict import Predictor, card_row, describe, model_card
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 TOKEN_ENV = "POLYPSEG_TOKEN"
-TOKEN_COOKIE = "polypseg_token"
 MAX_PIXELS = 40_000_000  # a decoded frame larger than this is refused before it takes the memory
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".y4m"}
 RESEARCH_NOTE = "For research only: not a medical device, not for diagnosis."
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # Host names always answered (IPv6 as Host carries it)
 
 
 @dataclass
@@ -85,7 +77,7 @@ class ServeSettings:
     max_pending: int = 64  # images/live frames in flight or waiting; beyond: 503 (live: frame dropped)
     max_jobs: int = 4  # video jobs waiting behind the running one; beyond: 503
     keep_jobs: int = 16  # finished video jobs whose results are kept; older ones are removed
-    # Host names answered besides LOOPBACK_HOSTS (``serve`` adds the address it binds to); a name, an IP,
+    # Host names answered besides guards.LOOPBACK_HOSTS (``serve`` adds the address it binds to); a name, an IP,
     # '*.example.org' for every name under example.org, or '*' for any (no DNS-rebinding protection)
     allowed_hosts: list[str] = field(default_factory=list)
 
@@ -94,191 +86,20 @@ class ServeSettings:
 # errors: one JSON shape, {"error": "one line"}
 
 
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())
-
-
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": _one_line(message)}, status_code=status, headers=headers)
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        return _error(exc.status_code, exc.detail, getattr(exc, "headers", None))
+    async def httperror_response(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, exc.detail, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError):
+    async def validationerror_response(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query"))
-        return _error(422, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request")
+        return error_response(422, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request")
 
     @app.exception_handler(PolypsegError)
-    async def polypseg_error(request: Request, exc: PolypsegError):
-        return _error(400, str(exc))
-
-
-# ---------------------------------------------------------------------------------------------------
-# the guard: bearer token and upload size, for every HTTP request and WebSocket, static files included
-
-
-class Guard:
-    """ASGI middleware. A token comes as ``Authorization: Bearer``, as the ``polypseg_token`` cookie, or as
-    ``?token=`` (how a browser opens the page; the answer then sets the cookie, so the page's assets,
-    fetches, video and WebSocket carry it without the page handling it). Uploads must say their size
-    (Content-Length) and stay under the limit; uvicorn holds a body to its declared length."""
-
-    def __init__(self, app, token: str | None, max_bytes: int, max_video_bytes: int):
-        self.app, self.token = app, token
-        self.max_bytes, self.max_video_bytes = max_bytes, max_video_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        from_query = False
-        if self.token is not None:
-            given, from_query = _given_token(scope, headers)
-            if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
-                if scope["type"] == "websocket":
-                    return await send({"type": "websocket.close", "code": 1008})
-                return await _error(401, "a valid bearer token is required (Authorization: Bearer TOKEN)",
-                                    {"WWW-Authenticate": "Bearer"})(scope, receive, send)
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT"):
-            refused = self._check_size(scope["path"], headers)
-            if refused is not None:
-                return await refused(scope, receive, send)
-        if from_query and scope["type"] == "http":
-            send = self._with_cookie(send)
-        await self.app(scope, receive, send)
-
-    def _check_size(self, path: str, headers: dict[str, str]) -> JSONResponse | None:
-        limit = self.max_video_bytes if path.rstrip("/").endswith("/videos") else self.max_bytes
-        length = headers.get("content-length")
-        if length is None or not length.isdigit():
-            return _error(411, "uploads must give their size (Content-Length)")
-        if int(length) > limit:
-            return _error(413, f"the upload is {int(length) / 2**20:.1f} MB, over the {limit / 2**20:g} MB limit")
-        return None
-
-    def _with_cookie(self, send):
-        cookie = SimpleCookie()
-        cookie[TOKEN_COOKIE] = self.token
-        cookie[TOKEN_COOKIE].update({"httponly": True, "samesite": "Strict", "path": "/"})
-
-        async def sending(message):
-            if message["type"] == "http.response.start":
-                header = cookie.output(header="").strip().encode("latin-1")
-                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", header)]}
-            await send(message)
-
-        return sending
-
-
-def _given_token(scope, headers: dict[str, str]) -> tuple[str | None, bool]:
-    """(the token the request carries, whether it came in the query string)."""
-    auth = headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip(), False
-    cookie = SimpleCookie(headers.get("cookie", ""))
-    if TOKEN_COOKIE in cookie:
-        return cookie[TOKEN_COOKIE].value, False
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
-    return (query[0], True) if query else (None, False)
-
-
-# ---------------------------------------------------------------------------------------------------
-# the host guard: the Host header must name this server, a WebSocket's page must come from it
-
-
-class HostGuard:
-    """ASGI middleware against DNS rebinding and cross-site WebSockets. Starlette's TrustedHostMiddleware
-    decides whether the Host header names this server; its refusal is answered in the app's JSON shape
-    (400), a WebSocket is closed with 1008 instead. A WebSocket opened by a web page (it carries an Origin
-    header) must come from a page of an allowed host; clients that are not browsers send no Origin."""
-
-    def __init__(self, app, allowed_hosts: list[str]):
-        self.app, self.allowed_hosts = app, allowed_hosts
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
-        passed = False
-
-        async def allowed(scope, receive, _):
-            nonlocal passed
-            passed = True
-            await self._check_origin(scope, receive, send)
-
-        async def starlettes_answer(message):  # its plain-text 400, replaced by the JSON one below
-            pass
-
-        await TrustedHostMiddleware(allowed, self.allowed_hosts, www_redirect=False)(scope, receive, starlettes_answer)
-        if passed:
-            return
-        if scope["type"] == "websocket":
-            return await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
-        host = _one_line(Headers(scope=scope).get("host", ""))[:100]
-        await _error(400, f"this server does not answer to the host '{host}' (a guard against DNS rebinding); if "
-                          f"that is its real name, start polypseg serve with --allowed-host NAME")(scope, receive, send)
-
-    async def _check_origin(self, scope, receive, send):
-        if scope["type"] == "websocket":
-            origin = Headers(scope=scope).get("origin")
-            if origin is not None and not origin_allowed(origin, self.allowed_hosts):
-                return await send({"type": "websocket.close", "code": 1008,
-                                   "reason": "the page's origin is not an allowed host (--allowed-host)"})
-        await self.app(scope, receive, send)
-
-
-def _host_name(name: str) -> str:
-    """One --allowed-host value as the Host header carries it (lower case, IPv6 in brackets)."""
-    text = name.strip().lower()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    try:
-        address = ipaddress.ip_address(text)
-        return f"[{address.compressed}]" if address.version == 6 else address.compressed
-    except ValueError:
-        pass
-    wildcard = text.startswith("*.") or text == "*"
-    label = "[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
-    if not (text == "*" or re.fullmatch(rf"(\*\.)?{label}(\.{label})*\.?", text)):
-        hint = ("wildcards must be like '*.example.org'" if "*" in text and not wildcard else
-                "give one name per --allowed-host, without scheme, port or path (e.g. --allowed-host endo.example.org)")
-        raise PolypsegError(f"--allowed-host '{_one_line(name)}' is not a host name: {hint}")
-    return text
-
-
-def allowed_hosts(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """The Host names the app answers to: LOOPBACK_HOSTS and ``extra`` (checked; PolypsegError if one is
-    not a host name), without repeats."""
-    return list(dict.fromkeys([*LOOPBACK_HOSTS, *(_host_name(name) for name in extra)]))
-
-
-def origin_allowed(origin: str, hosts: list[str]) -> bool:
-    """Whether a WebSocket's Origin (``http://host:port``) is a page of an allowed host, by the rule that
-    TrustedHostMiddleware applies to the Host header (exact name, or '*.example.org' for names under it)."""
-    try:
-        parts = urlsplit(origin.strip())
-        name = parts.hostname
-    except ValueError:
-        return False
-    if parts.scheme not in ("http", "https") or not name:
-        return False  # 'null' (a sandboxed page, a file) and anything that is no web page
-    name = f"[{name}]" if ":" in name else name
-    return any(name == p or p == "*" or (p.startswith("*.") and name.endswith(p[1:])) for p in hosts)
-
-
-def _bind_names(host: str) -> list[str]:
-    """The names a server bound to ``host`` is reached by: that address, or for every address (0.0.0.0,
-    ::) the machine's name; other names and IPs need --allowed-host."""
-    if host in ("", "0.0.0.0", "::"):
-        try:
-            return [_host_name(socket.gethostname())]
-        except PolypsegError:
-            return []
-    return [host]
+    async def polypsegerror_response(request: Request, exc: PolypsegError):
+        return error_response(400, str(exc))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -330,9 +151,9 @@ def decode_image(data: bytes) -> np.ndarray:
         raise PolypsegError("the file is not an image (PNG, JPEG, TIFF, BMP or WebP)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # a plugin's own check
         raise PolypsegError(f"the image is over {MAX_PIXELS // 10**6} megapixels or over Pillow's limit "
-                            f"(Pillow: {_one_line(err)}); send a smaller image") from None
+                            f"(Pillow: {one_line(err)}); send a smaller image") from None
     except (OSError, SyntaxError, ValueError) as err:  # Pillow's words for truncated and corrupt files
-        raise PolypsegError(f"the image cannot be decoded: {_one_line(err)}") from None
+        raise PolypsegError(f"the image cannot be decoded: {one_line(err)}") from None
 
 
 def _check_pixels(width: int, height: int) -> None:
@@ -551,9 +372,9 @@ class JobManager:
             except JobCancelled:
                 job.status = "cancelled"
             except PolypsegError as err:
-                job.status, job.error = "failed", _one_line(err)
+                job.status, job.error = "failed", one_line(err)
             except Exception as err:  # a job must never take the worker down; the message says what broke
-                job.status, job.error = "failed", f"{type(err).__name__}: {_one_line(err)}"
+                job.status, job.error = "failed", f"{type(err).__name__}: {one_line(err)}"
             finally:
                 job.input.unlink(missing_ok=True)
             if job.status != "done" or job.id not in self.jobs:
@@ -857,7 +678,7 @@ async def live_stream(ws: WebSocket):
                 await ws.send_json({"busy": True})
                 continue
             except PolypsegError as err:
-                await ws.send_json({"error": _one_line(err)})
+                await ws.send_json({"error": one_line(err)})
                 continue
             info["server_ms"] = round(1000 * (time.perf_counter() - begin), 1)
             info.update(live_alert(tracker, received_ms, info))
@@ -966,7 +787,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, in
             f"--host {host} exposes the server to the network: give a token (--token or {TOKEN_ENV}) so that "
             "every request must carry it, or pass --insecure on a network you trust."
         )
-    settings.allowed_hosts = allowed_hosts([*settings.allowed_hosts, *_bind_names(host)])  # checked before loading
+    settings.allowed_hosts = allowed_hosts([*settings.allowed_hosts, *bind_names(host)])  # checked before loading
     print(f"polypseg: loading the model ({settings.backend} on {settings.device})...", flush=True)
     app = create_app(load_predictor(settings), settings)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
