@@ -13,7 +13,8 @@ import pytest
 from polypseg import metrics
 from polypseg.data import index_dataset, load_pair, read_image, read_mask
 from polypseg.errors import PolypsegError
-from polypseg.evaluate import evaluate, format_summary_table
+from polypseg.evaluate import evaluate
+from polypseg.report import format_summary_table
 from polypseg.predict import Predictor
 from polypseg.splits import Split, save_split
 

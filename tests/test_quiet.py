@@ -208,7 +208,8 @@ def test_frame_level_measures_on_a_hand_checked_set():
 
 
 def test_evaluate_reports_frame_level_columns_for_polyp_free_frames(tiny_checkpoint, data_dir, tmp_path):
-    from polypseg.evaluate import evaluate_sets, format_sets_table
+    from polypseg.evaluate import evaluate_sets
+    from polypseg.report import format_sets_table
 
     neg = tmp_path / "free" / "images"
     neg.mkdir(parents=True)

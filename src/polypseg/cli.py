@@ -173,7 +173,8 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate, evaluate_sets, format_summary_table
+    from .evaluate import evaluate, evaluate_sets
+    from .report import format_summary_table
 
     common = dict(out=args.output, tta=args.tta, threshold=args.threshold, bootstrap=args.bootstrap,
                   pranet_mdice=args.pranet_mdice, device=args.device, skip_bad=args.skip_bad, backend=args.backend,

@@ -160,6 +160,8 @@ def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------------------------------
 # Frame level: does a frame show a polyp? Scores of polyp frames (label 1) against polyp-free ones (0).
+# The frame-level figure people ask for first: polyp-free frames with a drawn polyp covering this share of the frame.
+VISIBLE_AREA = 0.01
 
 
 def frame_counts(scores_: np.ndarray, labels: np.ndarray, operating_point: float) -> dict[str, int]:

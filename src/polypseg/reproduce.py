@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .evaluate import evaluate, format_summary_table
+from .evaluate import evaluate
+from .report import format_summary_table
 from .files import atomic_write_text
 from .train import train
 
