@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import signal
@@ -346,3 +347,39 @@ def test_distillation_trains_beside_the_masks_and_keeps_the_teacher_out(tmp_path
     assert not (tmp_path / "other").exists()
     with pytest.raises(PolypsegError, match="distill-weight"):
         cfg.replace(distill=str(tiny_checkpoint), distill_weight=0)
+
+
+def test_rescale_batch_rounds_sides_to_32_and_keeps_masks_binary():
+    from polypseg.train import rescale_batch
+
+    mask = torch.zeros(2, 1, 64, 96)
+    mask[:, :, :, :48] = 1  # the left half
+    batch = {"image": torch.rand(2, 3, 64, 96), "mask": mask, "polyp": torch.ones(2), "id": ["a", "b"]}
+    up = rescale_batch(batch, 1.25)  # 80 x 120 -> 96 x 128 (80 / 32 = 2.5 rounds up)
+    assert up["image"].shape == (2, 3, 96, 128) and up["mask"].shape == (2, 1, 96, 128)
+    assert set(up["mask"].unique().tolist()) == {0.0, 1.0} and float(up["mask"].mean()) == pytest.approx(0.5)
+    assert up["polyp"] is batch["polyp"] and up["id"] == ["a", "b"]
+    down = rescale_batch(batch, 0.75)  # 48 x 72 -> 64 x 64
+    assert down["image"].shape[-2:] == (64, 64)
+    assert rescale_batch(batch, 1.0) is batch
+    assert rescale_batch(batch, 0.25)["image"].shape[-2:] == (32, 32)  # never below one stride
+
+
+def test_multi_scale_draws_each_factor_reproducibly_and_trains(tmp_path, tiny_config, data_dir):
+    from polypseg.train import step_scale
+
+    scales = (0.75, 1.0, 1.25)
+    drawn = [step_scale(scales, 0, step) for step in range(60)]
+    assert drawn == [step_scale(scales, 0, step) for step in range(60)]  # resume and DDP draw the same
+    assert set(drawn) == set(scales) and drawn != [step_scale(scales, 1, step) for step in range(60)]
+    with pytest.raises(PolypsegError, match="multi-scale"):
+        tiny_config.replace(multi_scale=(0.75, 0))
+    from polypseg.cli import _config_from_args, build_parser
+
+    args = build_parser().parse_args(["train", "--preset", "pranet", "--multi-scale", "0.75", "1", "1.25", "-o", "x"])
+    assert _config_from_args(args).multi_scale == scales
+    split = small_split(data_dir, tmp_path, ["001", "002", "030", "031"], ["060", "061"])
+    run = train(tiny_config.replace(split=str(split), epochs=1, limit_batches=2, multi_scale=[0.75, 1.25]),
+                tmp_path / "run", progress=False)
+    assert Config.load(run / "config.json").multi_scale == (0.75, 1.25)
+    assert math.isfinite(float(rows(run)[0]["train_loss"]))

@@ -7,7 +7,6 @@ import dataclasses
 import logging
 import sys
 import textwrap
-from pathlib import Path
 from typing import get_type_hints
 
 from .config import DEFAULT_DATA, PRESETS, Config
@@ -37,6 +36,8 @@ CONFIG_HELP = {
     "split_strategy": "random | sequence | kfold | pranet, when no --split is given",
     "fold": "fold of a kfold split file",
     "augment": "train augmentation preset: default | strong | light | none",
+    "multi_scale": "multi-scale training as PraNet: each step's batch resized by one of these factors, e.g. 0.75 1 1.25 "
+                   "(sides rounded to multiples of 32; default off)",
     "epochs": "training epochs",
     "batch_size": "images per batch (per device)",
     "lr": "peak learning rate of decoder and head",
@@ -84,6 +85,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, type=float, nargs=2, metavar=("H", "W"), **kw)
         elif kind is bool:
             g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif f.name == "multi_scale":
+            g.add_argument(flag, type=float, nargs="+", metavar="S", **kw)
         elif f.name in ("mean", "std"):
             g.add_argument(flag, type=float, nargs=3, metavar="X", **kw)
         elif kind in (int, int | None):

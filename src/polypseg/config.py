@@ -59,6 +59,8 @@ class Config:
     negatives_fraction: float | None = None  # share of polyp-free frames in each epoch; None: as many as there are
     negatives_mask_weight: float = 1.0  # weight of the mask loss on polyp-free frames (the head always learns them)
     augment: str = "default"  # train augmentation preset: default | strong | light | none
+    multi_scale: tuple[float, ...] | None = None  # PraNet's multi-scale training: each step's batch resized by
+    # one of these factors (sides rounded to multiples of 32; e.g. 0.75, 1, 1.25); None: every step at height x width
     skip_bad: bool = False  # leave out unreadable pairs (listed) instead of refusing the data
     # optimisation
     epochs: int = 40
@@ -115,6 +117,11 @@ class Config:
             raise PolypsegError(
                 f"--negatives-fraction must lie strictly between 0 and 1, got {self.negatives_fraction}."
             )
+        if self.multi_scale is not None:
+            scales = [self.multi_scale] if isinstance(self.multi_scale, (int, float)) else list(self.multi_scale)
+            if not scales or not all(0.25 <= float(v) <= 4.0 for v in scales):
+                raise PolypsegError(f"--multi-scale takes factors between 0.25 and 4 (e.g. 0.75 1 1.25), got {self.multi_scale!r}.")
+            self.multi_scale = tuple(float(v) for v in scales)
         if self.corner is not None:
             if len(self.corner) != 2 or not all(0.0 <= float(v) < 1.0 for v in self.corner):
                 raise PolypsegError(f"corner must be two fractions in [0, 1) (height, width), got {self.corner!r}.")

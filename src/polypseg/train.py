@@ -15,6 +15,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -180,6 +181,24 @@ def distill_loss(logits: torch.Tensor, image: torch.Tensor, teacher: torch.nn.Mo
     return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), torch.sigmoid(target))
 
 
+def step_scale(scales: tuple[float, ...], seed: int, step: int) -> float:
+    """The multi-scale factor of one training step: drawn from ``scales``, fixed by the run's seed and the
+    step, so a resumed run and every DDP process draw the same."""
+    return scales[int(np.random.default_rng((seed, step)).integers(len(scales)))]
+
+
+def rescale_batch(batch: dict[str, Any], scale: float) -> dict[str, Any]:
+    """The batch with images (bilinear) and masks (nearest: they stay 0/1) resized by ``scale``, each side
+    rounded to a multiple of 32 (at least 32)."""
+    h, w = batch["image"].shape[-2:]
+    size = tuple(max(32, int(side * scale / 32 + 0.5) * 32) for side in (h, w))
+    if size == (h, w):
+        return batch
+    interpolate = torch.nn.functional.interpolate
+    return {**batch, "image": interpolate(batch["image"], size=size, mode="bilinear", align_corners=False),
+            "mask": interpolate(batch["mask"], size=size, mode="nearest")}
+
+
 def seed_worker(worker_id: int) -> None:
     """Give each data loader worker's augmentation its own seed, derived from the run's seed."""
     info = torch.utils.data.get_worker_info()
@@ -245,6 +264,8 @@ class SegModule(L.LightningModule):
         return total, terms
 
     def training_step(self, batch, _):
+        if self.cfg.multi_scale:
+            batch = rescale_batch(batch, step_scale(self.cfg.multi_scale, self.cfg.seed, self.global_step))
         loss, terms = self._losses(batch)
         n = len(batch["image"])
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
