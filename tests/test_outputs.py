@@ -138,14 +138,15 @@ def _start(argv: list[str]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _interrupt_while_writing(argv, folder: Path, pattern: str, sig: int, rng: random.Random) -> int:
+def _interrupt_while_writing(argv, folder: Path, pattern: str, sig: int, rng: random.Random,
+                             max_wait: float = 0.3) -> int:
     """Run `polypseg ARGV`; once a temporary output matching ``pattern`` shows up in ``folder`` (the
-    command is writing), wait a random 0-0.3 s and send ``sig``. Returns the exit status."""
+    command is writing), wait a random 0 to ``max_wait`` s and send ``sig``. Returns the exit status."""
     proc = _start(argv)
     give_up = time.monotonic() + 300  # a guard against a hung test, not a timing check
     while proc.poll() is None and not list(folder.glob(pattern)) and time.monotonic() < give_up:
         time.sleep(0.005)
-    time.sleep(rng.uniform(0, 0.3))
+    time.sleep(rng.uniform(0, max_wait))
     if proc.poll() is None:
         proc.send_signal(sig)
     proc.communicate(timeout=300)
@@ -206,7 +207,7 @@ def test_killed_evaluate_leaves_no_partial_folder(sig, tiny_checkpoint, few_pair
             "-o", str(out / "eval")]
     rng = random.Random(sig + 10)
     for _ in range(20):  # a random wait past the end of 12 tiny frames finds it done: try again
-        status = _interrupt_while_writing(argv, out, ".eval.tmp-*", sig, rng)
+        status = _interrupt_while_writing(argv, out, ".eval.tmp-*", sig, rng, max_wait=0.05)
         if status != 0:
             break
         shutil.rmtree(out / "eval")
