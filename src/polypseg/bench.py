@@ -22,7 +22,7 @@ import torch
 from .config import DEFAULT_DATA, Config
 from .data import index_dataset, read_image
 from .errors import PolypsegError
-from .export import calibration_inputs, export_onnx, int8_path_for, load_checkpoint_config, quantize_int8, side_pairs, spread
+from .export import export_onnx, load_checkpoint_config, spread, write_int8
 from .model import build_model, save_checkpoint
 from .predict import DEFAULT_MODEL, Predictor
 from .runtime import SPIN_DEFAULT, cpu_cores
@@ -144,9 +144,7 @@ def benchmark(
 def _int8_file(onnx_file: Path, weights: Path, data, n: int) -> Path:
     """The int8 copy of ``onnx_file`` (NAME.int8.onnx beside it), calibrated on ``n`` training frames of the
     checkpoint ``weights`` (from ``data``, else its own data folder)."""
-    cfg = load_checkpoint_config(weights)
-    pairs, where = side_pairs(weights, cfg, data, "train")
-    return quantize_int8(onnx_file, int8_path_for(onnx_file), calibration_inputs(pairs, cfg, n), where)
+    return write_int8(onnx_file, weights, load_checkpoint_config(weights), data, n)[0]
 
 
 def _video_model(video_model, checkpoints: dict, height: int, width: int) -> tuple[Path | None, str]:

@@ -157,12 +157,7 @@ def export_onnx(
     say(f"written: {out}")
     if not int8:
         return out
-    target = int8_path_for(out)
-    try:
-        calib_pairs, calib_where = side_pairs(weights, cfg, data, "train")
-    except PolypsegError as err:
-        raise PolypsegError(f"int8 calibration needs training frames: {err} Pass the dataset with --data.") from None
-    quantize_int8(out, target, calibration_inputs(calib_pairs, cfg, calibration_frames, verbose), calib_where)
+    target, calibrated = write_int8(out, weights, cfg, data, calibration_frames, verbose)
     try:  # the int8 file must run at every input size, not only at the calibration frames' one
         int8_diff = max_difference(model, ort_session(target), inputs)
     except Exception as err:  # ONNX Runtime's failures are its own exception types
@@ -171,7 +166,7 @@ def export_onnx(
             f"The int8 file failed on the check inputs (sizes {sizes}), so it was removed: "
             f"{' '.join(str(err).split())[:300]}. The fp32 file {out} is fine."
         ) from None
-    say(f"written: {target} (int8, calibrated on {min(calibration_frames, len(calib_pairs))} frames, {calib_where}); "
+    say(f"written: {target} (int8, calibrated on {calibrated}); "
         f"runs at input sizes {sizes}, max abs difference of probabilities from torch {int8_diff:.2e}")
     say(format_int8_report(compare_int8(weights, out, target, data=data, max_frames=compare_frames)))
     return target
@@ -179,6 +174,17 @@ def export_onnx(
 
 # ---------------------------------------------------------------------------------------------------
 # int8
+
+
+def write_int8(fp32_path: Path, weights: Path, cfg: Config, data, n: int, show_progress: bool = False) -> tuple[Path, str]:
+    """NAME.int8.onnx beside ``fp32_path``, calibrated on ``n`` training frames of the checkpoint ``weights``
+    (from ``data``, else its own data folder); returns its path and which frames calibrated it."""
+    try:
+        pairs, where = side_pairs(weights, cfg, data, "train")
+    except PolypsegError as err:
+        raise PolypsegError(f"int8 calibration needs training frames: {err} Pass the dataset with --data.") from None
+    target = quantize_int8(fp32_path, int8_path_for(fp32_path), calibration_inputs(pairs, cfg, n, show_progress), where)
+    return target, f"{min(n, len(pairs))} frames, {where}"
 
 
 def calibration_inputs(pairs: Sequence, cfg: Config, n: int, show_progress: bool = False) -> list[np.ndarray]:

@@ -7,8 +7,8 @@ uploaded, streamed live or part of a video, is described by ``polypseg.predict.d
 
 Safe by default: loopback only unless told otherwise, answers only to allowed Host names (no DNS
 rebinding) and to WebSockets from no page or a page of an allowed host, an optional bearer token on every
-request, upload size limits (those three are the middlewares of ``guards``), a pixel limit checked on the image header before decoding, one JSON error
-shape, bounded concurrency (503 beyond), uploads in temporary folders removed when the request or job
+request, upload size limits (those three are the middlewares of ``guards``), a pixel limit checked on
+the image header before decoding, one JSON error shape, bounded concurrency (503 beyond), uploads in temporary folders removed when the request or job
 ends, and no access log (paths and file names never reach a log).
 """
 
@@ -88,17 +88,17 @@ class ServeSettings:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
-    async def httperror_response(request: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException):
         return error_response(exc.status_code, exc.detail, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def validationerror_response(request: Request, exc: RequestValidationError):
+    async def validation_error(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query"))
         return error_response(422, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request")
 
     @app.exception_handler(PolypsegError)
-    async def polypsegerror_response(request: Request, exc: PolypsegError):
+    async def polypseg_error(request: Request, exc: PolypsegError):
         return error_response(400, str(exc))
 
 
