@@ -18,12 +18,12 @@ from polypseg.data import (
     PRANET_TEST_FRAMES,
     Pair,
     SegmentationDataset,
-    check_dataset,
     index_dataset,
     load_pair,
     read_image,
     read_mask,
 )
+from polypseg.datacheck import check_dataset
 from polypseg.errors import PolypsegError
 
 FRAMES = ("001", "002", "026")  # sequences 1, 1, 2

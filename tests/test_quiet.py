@@ -14,7 +14,8 @@ import torch
 from polypseg import metrics
 from polypseg.config import Config
 from polypseg.crop import Box, blank_corner, endoscope_box, paste_back, picture
-from polypseg.data import check_dataset, index_dataset, load_pair, read_image, scan_frames
+from polypseg.data import index_dataset, load_pair, read_image, scan_frames
+from polypseg.datacheck import check_dataset
 from polypseg.errors import PolypsegError
 from polypseg.model import build_model, save_checkpoint
 from polypseg.predict import Predictor, describe

@@ -107,7 +107,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
 # --- handlers: each parses nothing and calls the library -------------------------------------
 
 def _data_check(args) -> int:
-    from .data import check_dataset
+    from .datacheck import check_dataset
 
     usable = True
     for i, folder in enumerate(args.dirs):

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .data import Pair, index_dataset, load_pair, read_image, scan_frames, usable_pairs
+from .data import Pair, index_dataset, load_pair, read_image, scan_frames
+from .datacheck import usable_pairs
 from .errors import PolypsegError
 from .config import Config
 from .files import check_writable

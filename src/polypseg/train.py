@@ -26,7 +26,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from .config import Config
-from .data import SegmentationDataset, index_dataset, usable_pairs
+from .data import SegmentationDataset, index_dataset
+from .datacheck import usable_pairs
 from .errors import PolypsegError
 from .files import atomic_write
 from .metrics import roc_auc
