@@ -41,10 +41,10 @@ def _packaged_source(name: str) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# packaged EfficientNet-Lite0/Lite2
+# packaged EfficientNet-Lite0/Lite1/Lite2
 
 
-@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite2"])
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
 def test_packaged_lite_fills_every_encoder_tensor_from_the_right_source(name):
     cfg = Config(encoder=f"tu-{name}", encoder_weights="imagenet", height=64, width=96)
     encoder = build_model(cfg).encoder.model.state_dict()

