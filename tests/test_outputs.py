@@ -134,8 +134,11 @@ def test_missing_output_folders_are_created(tiny_checkpoint, data_dir, tmp_path)
 
 def _start(argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    # SIGINT back to its default in the child: a suite started in the background (`pytest &` in a script)
+    # ignores SIGINT, and a child inherits that, so the SIGINT cases would never interrupt anything.
     return subprocess.Popen([sys.executable, "-m", "polypseg.cli", *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _interrupt_while_writing(argv, folder: Path, pattern: str, sig: int, rng: random.Random,
