@@ -29,7 +29,7 @@ from polypseg.metrics import operating_point_for, roc_auc
 from polypseg.model import load_checkpoint
 from polypseg.predict import DEFAULT_MODEL
 from polypseg.progress import progress, text_table
-from polypseg.train import _resolve_split
+from polypseg.splits import resolve_split
 from polypseg.transforms import to_input
 
 CORNER = (0.36, 0.36)
@@ -38,7 +38,7 @@ CORNER = (0.36, 0.36)
 def frame_sets() -> dict[str, list]:
     q = from_preset("pranet-quiet")
     index = index_dataset(q.data, negatives=q.negatives)
-    split = _resolve_split(q, index)
+    split = resolve_split(q, index)
     by = {p.id: p for p in index.pairs}
     train = [by[i] for i in split.train]
     pos = [p for p in train if p.polyp is not False]

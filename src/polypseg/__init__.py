@@ -25,7 +25,7 @@ _API = {
     "PRESETS": "config",
     "PolypsegError": "errors",
     "train": "train",
-    "calibrate": "train",
+    "calibrate": "calibrate",
     "load_model": "model",
     "build_model": "model",
     "Predictor": "predict",

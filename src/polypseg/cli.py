@@ -193,9 +193,10 @@ def _evaluate(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from .train import calibrate
+    from .calibrate import calibrate
 
-    calibrate(args.run, sensitivity=args.sensitivity, choose_threshold=args.choose_threshold)
+    calibrate(args.run, sensitivity=args.sensitivity, choose_threshold=args.choose_threshold,
+              negatives=args.negatives, specificity=args.specificity, out=args.output)
     return 0
 
 
@@ -388,11 +389,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", help="evaluation folder (default: RUN/eval-<split>)")
     e.set_defaults(func=_evaluate)
 
-    cb = sub.add_parser("calibrate", help="choose the verdict's operating point (and with --choose-threshold the mask threshold) again on the run's validation side")
-    cb.add_argument("--run", required=True, help="run folder written by `polypseg train`")
+    cb = sub.add_parser("calibrate", help="choose the verdict's operating point again: on the run's validation side "
+                        "for a sensitivity, or on polyp-free frames the model never saw for a specificity")
+    cb.add_argument("--run", required=True, help="run folder written by `polypseg train`; with --negatives also a "
+                    "checkpoint or a shipped model by name (realtime)")
     cb.add_argument("--sensitivity", type=float, help="share of validation polyp frames to keep flagged (default: the run's, 0.95)")
     cb.add_argument("--choose-threshold", action=argparse.BooleanOptionalAction, default=None,
                     help="choose the decision threshold on validation too (default: the run's setting; off: 0.5)")
+    cb.add_argument("--negatives", action="append", metavar="DIR",
+                    help="polyp-free frames the model never trained on (repeatable): choose the point for --specificity on them")
+    cb.add_argument("--specificity", type=float, help="with --negatives: share of those frames the point keeps quiet (e.g. 0.95)")
+    cb.add_argument("-o", "--output", help="with --negatives: the calibrated checkpoint OUT.safetensors (weights copied "
+                    "unchanged; required unless --run is a run folder, which is updated in place)")
     cb.set_defaults(func=_calibrate)
 
     cp = sub.add_parser("compare", help="two evaluations of the same images: paired difference B - A with its CI")

@@ -452,8 +452,12 @@ def _operating_point_source(predictor: Predictor) -> str:
     if cfg.verdict_threshold is None:
         return "default (no validation choice)"
     meta = read_checkpoint_meta(predictor.checkpoint) if predictor.checkpoint is not None else {}
-    if meta.get("metrics", {}).get("operating_point_from") == "validation":
+    chosen = meta.get("metrics", {})
+    if chosen.get("operating_point_from") == "validation":
         return f"chosen on the validation side for sensitivity {cfg.verdict_sensitivity:.2f}"
+    if chosen.get("operating_point_from") == "polyp-free frames":
+        return (f"chosen for specificity {chosen['operating_point_specificity']:.2f} on "
+                f"{chosen['operating_point_frames']} polyp-free frames of {', '.join(chosen['operating_point_folders'])}")
     return "given"
 
 

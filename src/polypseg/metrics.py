@@ -238,6 +238,19 @@ def operating_point_for(scores_: np.ndarray, labels: np.ndarray, sensitivity: fl
     return float(pos[min(k, len(pos) - 1)])
 
 
+def operating_point_for_specificity(scores_: np.ndarray, labels: np.ndarray, specificity: float) -> float:
+    """The lowest score threshold that flags at most ``1 - specificity`` of the polyp-free frames (label 0):
+    just above the score of the highest-scored polyp-free frame left quiet. Choose it on frames the model
+    never trained on, never on test frames."""
+    neg = np.sort(np.asarray(scores_, np.float64)[~np.asarray(labels).astype(bool)])
+    if not len(neg):
+        raise PolypsegError("No polyp-free frame to choose an operating point for a specificity on.")
+    if not 0.0 < specificity < 1.0:
+        raise PolypsegError(f"The specificity must lie in (0, 1), got {specificity}.")
+    flagged = int(np.floor(len(neg) * (1.0 - specificity) + 1e-9))  # at most this many at or above the point
+    return float(np.nextafter(neg[len(neg) - flagged - 1], np.inf))
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
     # the mask's pixels with a 4-neighbour outside it (the image border counts as outside)
     return mask & ~ndimage.binary_erosion(mask, border_value=0)

@@ -16,11 +16,14 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .data import DatasetIndex, Pair, id_sort_key, normalize_id, read_csv_rows
 from .errors import PolypsegError
 from .files import atomic_write_text
+
+if TYPE_CHECKING:
+    from .config import Config
 
 FORMAT = "polypseg-split/1"
 STRATEGIES = ("random", "sequence", "kfold", "pranet")
@@ -618,3 +621,24 @@ def load_split(path: str | Path, fold: int | None = None) -> Split:
         )
     split.params.setdefault("frames", sum(map(len, folds)))
     return resolve_fold(split, fold)
+
+
+def resolve_split(cfg: Config, index: DatasetIndex) -> Split:
+    """The split a run trains on: ``cfg.split`` (a file, its fold resolved) or one made here by
+    ``cfg.split_strategy``, checked against ``index``."""
+    if cfg.split:
+        split = with_index(load_split(cfg.split, fold=cfg.fold), index)
+    else:
+        split = make_split(index, cfg.split_strategy, val=cfg.val_size, seed=cfg.seed)
+        if split.folds is not None:  # kfold made on the fly: resolve the asked fold (default 0)
+            split = resolve_fold(split, cfg.fold or 0)
+    ids = {p.id for p in index.pairs}
+    missing = sorted(set(split.train + split.val + split.test) - ids)
+    if missing:
+        raise PolypsegError(
+            f"The split names {len(missing)} frame(s) that are not in {index.root} (e.g. {missing[:5]}). "
+            "Make the split from this dataset with `polypseg data split`."
+        )
+    if not split.train:
+        raise PolypsegError("The split has no training frames.")
+    return split

@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAverag
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
+from .calibrate import finish_run
 from .config import Config
 from .data import SegmentationDataset, index_dataset
 from .datacheck import usable_pairs
@@ -32,7 +33,7 @@ from .errors import PolypsegError
 from .files import atomic_write
 from .metrics import roc_auc
 from .model import build_model, load_checkpoint, read_checkpoint_meta, save_checkpoint, split_output
-from .splits import load_split, make_split, resolve_fold, save_split, with_index
+from .splits import resolve_split, save_split
 from .transforms import eval_transform, train_transform
 
 # Lightning's start-up tips and a deprecation inside its own code say nothing to a polypseg user.
@@ -449,25 +450,6 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
-def _resolve_split(cfg: Config, index):
-    if cfg.split:
-        split = with_index(load_split(cfg.split, fold=cfg.fold), index)
-    else:
-        split = make_split(index, cfg.split_strategy, val=cfg.val_size, seed=cfg.seed)
-        if split.folds is not None:  # kfold made on the fly: resolve the asked fold (default 0)
-            split = resolve_fold(split, cfg.fold or 0)
-    ids = {p.id for p in index.pairs}
-    missing = sorted(set(split.train + split.val + split.test) - ids)
-    if missing:
-        raise PolypsegError(
-            f"The split names {len(missing)} frame(s) that are not in {index.root} (e.g. {missing[:5]}). "
-            "Make the split from this dataset with `polypseg data split`."
-        )
-    if not split.train:
-        raise PolypsegError("The split has no training frames.")
-    return split
-
-
 def negatives_sampler(pairs, fraction: float | None, seed: int):
     """A sampler that draws polyp-free frames (``Pair.polyp is False``) as ``fraction`` of each epoch (an
     epoch keeps its length), or None (every frame once per epoch) without a fraction or without both kinds."""
@@ -526,7 +508,7 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
         ckpt_path = None
 
     index = index_dataset(cfg.data, negatives=cfg.negatives)
-    split = _resolve_split(cfg, index)
+    split = resolve_split(cfg, index)
     by_id = {p.id: p for p in index.pairs}
     # Read every frame the run will use before anything is written: bad data fails here, in one message,
     # not inside a data loader worker mid-epoch.
@@ -598,99 +580,6 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
     return run
 
 
-def calibrate(run: str | Path, sensitivity: float | None = None, choose_threshold: bool | None = None) -> Path:
-    """Choose the verdict's operating point of a trained run again, on its own validation side
-    (``sensitivity``: the share of validation polyp frames to keep flagged; ``choose_threshold``: pick the
-    mask threshold there too, else 0.5; both default to the run's). For a run whose training ended early,
-    or to move the operating point; never on test frames."""
-    run = Path(run)
-    if not (run / "split.json").is_file() or not (run / "best.safetensors").is_file():
-        raise PolypsegError(f"'{run}' is not a trained run folder (split.json and best.safetensors).")
-    if sensitivity is not None and not 0 < sensitivity <= 1:
-        raise PolypsegError(f"--sensitivity must lie in (0, 1], got {sensitivity}.")
-    cfg = Config.load(run / "config.json")
-    if sensitivity is not None:
-        cfg = cfg.replace(verdict_sensitivity=float(sensitivity))
-    if choose_threshold is not None:
-        cfg = cfg.replace(choose_threshold=bool(choose_threshold))
-    cfg.save(run / "config.json")
-    _update_checkpoints(run, {"verdict_sensitivity": cfg.verdict_sensitivity,
-                              "choose_threshold": cfg.choose_threshold}, {})
-    index = index_dataset(cfg.data, negatives=cfg.negatives)
-    split = _resolve_split(cfg.replace(split=str(run / "split.json")), index)
-    if not split.val:
-        raise PolypsegError(f"The run {run} has no validation side to calibrate on.")
-    by_id = {p.id: p for p in index.pairs}
-    finish_run(run, [by_id[i] for i in split.val])
-    return run
-
-
-def finish_run(run: Path, val_pairs) -> None:
-    """After training, on the validation side only: the mask threshold on its polyp frames (with
-    ``choose_threshold`` and none given; else 0.5), then, where it holds polyp-free frames too, the
-    verdict's operating point (if none was given) for the config's sensitivity; both are stored in the
-    best and last checkpoints."""
-    from .model import read_checkpoint_meta
-
-    cfg = Config.load(run / "config.json")
-    polyp_pairs = [p for p in val_pairs if p.mask is not None and p.polyp is not False]
-    if cfg.threshold is not None:
-        print(f"decision threshold {cfg.threshold:.2f} as given (not chosen on the validation side)")
-    elif cfg.choose_threshold and polyp_pairs:
-        _choose_threshold(run, polyp_pairs)
-    else:
-        if read_checkpoint_meta(run / "best.safetensors")["config"].get("threshold") is not None:
-            _update_checkpoints(run, {"threshold": None}, {"threshold_from": "default"})  # an earlier choice undone
-        print("decision threshold 0.50, the default (--choose-threshold picks one on the validation side)")
-    if any(p.polyp is False for p in val_pairs):
-        if cfg.verdict_threshold is None:
-            _choose_operating_point(run, [p for p in val_pairs if p.mask is not None or p.polyp is False])
-        else:
-            print(f"operating point {cfg.verdict_threshold:.3f} as given (not chosen on the validation side)")
-
-
-def _update_checkpoints(run: Path, changes: dict, metrics: dict) -> None:
-    from .model import read_checkpoint_meta
-
-    for name in ("best", "last"):
-        model, cfg = load_checkpoint(run / f"{name}.safetensors")
-        meta = read_checkpoint_meta(run / f"{name}.safetensors")
-        save_checkpoint(model, cfg.replace(**changes), run / name, epoch=meta["epoch"],
-                        metrics={**meta["metrics"], **metrics})
-
-
-def _choose_operating_point(run: Path, val_pairs) -> None:
-    """The verdict's operating point: the highest polyp score that keeps ``verdict_sensitivity`` of the
-    validation polyp frames flagged. Every score source's frame-level AUC is recorded beside it, so the
-    choice of ``verdict`` is made on numbers (docs/training-log.md)."""
-    from .data import load_pair
-    from .metrics import frame_counts, frame_rates, operating_point_for, roc_auc
-    from .predict import Predictor, score_sources
-
-    predictor = Predictor(run / "best.safetensors")
-    cfg = predictor.config
-    labels, rows = [], []
-    for pair in val_pairs:
-        image, mask = load_pair(pair)
-        pred = predictor.predict(image)
-        labels.append(float(mask.any()))
-        rows.append(score_sources(pred.prob, pred.head, cfg.decision_threshold))
-    labels = np.array(labels)
-    sources = {name: np.array([r[name] for r in rows]) for name in rows[0]}
-    aucs = {name: roc_auc(v, labels) for name, v in sources.items()}
-    point = operating_point_for(sources[cfg.verdict], labels, cfg.verdict_sensitivity)
-    rates = frame_rates(frame_counts(sources[cfg.verdict], labels, point))
-    metrics = {f"val_frame_auc_{name}": auc for name, auc in aucs.items()}
-    metrics.update(operating_point_from="validation", val_frames_polyp=int(labels.sum()),
-                   val_frames_polyp_free=int((labels == 0).sum()), val_sensitivity=rates["sensitivity"],
-                   val_specificity=rates["specificity"])
-    _update_checkpoints(run, {"verdict_threshold": point}, metrics)
-    shown = ", ".join(f"{name} {auc:.3f}" for name, auc in aucs.items() if auc is not None)
-    print(f"verdict '{cfg.verdict}': operating point {point:.4f} chosen on the validation side for sensitivity "
-          f"{cfg.verdict_sensitivity:.2f} ({int(labels.sum())} polyp, {int((labels == 0).sum())} polyp-free frames: "
-          f"sensitivity {rates['sensitivity']:.3f}, specificity {rates['specificity']:.3f}); frame AUC {shown}")
-
-
 def _write_left_out(path: Path, bad) -> None:
     def write(tmp):
         with open(tmp, "w", newline="") as f:
@@ -699,14 +588,3 @@ def _write_left_out(path: Path, bad) -> None:
             w.writerows([c.pair.id, c.pair.image, c.pair.mask, " ".join(c.problems)] for c in bad)
 
     atomic_write(path, write)
-
-
-def _choose_threshold(run: Path, val_pairs) -> None:
-    """Pick the decision threshold on the validation side's polyp frames and store it in the checkpoints."""
-    from .metrics import choose_threshold
-    from .predict import Predictor
-
-    predictor = Predictor(run / "best.safetensors")
-    threshold, _curve = choose_threshold(predictor, val_pairs)
-    _update_checkpoints(run, {"threshold": float(threshold)}, {"threshold_from": "validation"})
-    print(f"decision threshold chosen on the validation side: {threshold:.2f}")
