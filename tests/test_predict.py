@@ -140,6 +140,7 @@ def test_shipped_models_by_name(tiny_checkpoint, tmp_path, monkeypatch):
     assert predict.model_card(tiny_checkpoint / "best.safetensors") is None  # not shipped
     table = predict.format_models_table().splitlines()
     assert [line.split()[0] for line in table[2:]] == ["accurate", "realtime"] and table[2].endswith("accurate.md")
+    assert "peak >= 0.5000" in table[2]  # no point chosen: any pixel at the mask threshold
     assert list(predict.shipped_models()) == ["accurate", "realtime"]
     assert predict.resolve_model("accurate") == shelf / "accurate.safetensors"
     assert Predictor("realtime").checkpoint == shelf / "realtime.safetensors"

@@ -160,7 +160,8 @@ def calibrate_on_negatives(model: str | Path, negatives: list[str], specificity:
         raise PolypsegError("Say which share of the polyp-free frames the operating point keeps quiet: "
                             f"--specificity S with 0 < S < 1 (e.g. 0.95), got {specificity}.")
     weights = resolve_model(str(model))
-    run = Path(model) if Path(model).is_dir() and (Path(model) / "best.safetensors").is_file() else None
+    folder = Path(model)
+    run = folder if all((folder / f"{n}.safetensors").is_file() for n in ("best", "last")) else None
     if run is None and out is None:
         raise PolypsegError(f"'{model}' is not a run folder: say where the calibrated checkpoint goes with "
                             "-o OUT.safetensors (its weights are copied unchanged).")

@@ -59,7 +59,7 @@ def format_models_table() -> str:
     from .model import read_checkpoint_meta
     from .progress import text_table
 
-    rows = [["name", "network", "input", "verdict", "test mDice (per image)", "card"]]
+    rows = [["name", "network", "input", "verdict (polyp score >= operating point)", "test mDice (per image)", "card"]]
     for name, weights in shipped_models().items():
         meta = read_checkpoint_meta(weights)
         cfg, metrics = meta["config"], meta.get("metrics", {})
@@ -67,7 +67,8 @@ def format_models_table() -> str:
                           if k.startswith("test_mdice_per_image"))
         card = model_card(weights)
         rows.append([name, f"{cfg['arch']} / {cfg['encoder']}", f"{cfg['height']}x{cfg['width']}",
-                     cfg.get("verdict", "peak"), mdice or "-", str(card) if card else "-"])
+                     f"{cfg.get('verdict', 'peak')} >= {Config.from_dict(cfg).operating_point:.4f}", mdice or "-",
+                     str(card) if card else "-"])
     return "\n".join(text_table(rows)) if len(rows) > 1 else "No shipped model is installed."
 
 
