@@ -19,6 +19,7 @@ from polypseg.errors import PolypsegError
 from polypseg.evaluate import evaluate_sets
 from polypseg.predict import Predictor
 
+SPLIT = '{"train": ["001", "002"], "test": ["003"]}'
 NEGATIVES = Path(__file__).resolve().parents[2] / "shared" / "data" / "hyperkvasir-negatives" / "images"
 
 
@@ -50,10 +51,12 @@ def negatives_dir(tmp_path) -> Path:
 
 
 def test_calibrated_checkpoint_holds_the_point_and_the_same_weights(tiny_checkpoint, negatives_dir, tmp_path):
+    (tiny_checkpoint / "split.json").write_text(SPLIT)  # travels with the weights
     out = calibrate(tiny_checkpoint, negatives=[str(negatives_dir)], specificity=0.5,
                     out=tmp_path / "cal" / "model.safetensors")
     source = tiny_checkpoint / "best.safetensors"
     assert out.read_bytes() == source.read_bytes()
+    assert (out.parent / "split.json").read_text() == SPLIT
     # the point recomputed by hand from the model's own scores: at most 3 of the 6 frames flagged
     scores = np.sort([Predictor(source).predict(read_image(p)).score
                       for p in sorted((negatives_dir / "images").glob("*.jpg"))])

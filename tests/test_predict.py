@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from polypseg import predict
 from polypseg.data import read_image
 from polypseg.errors import PolypsegError
+from polypseg.model import read_checkpoint_meta
 from polypseg.predict import Predictor, predict_paths
 
 FRAMES = ("001", "150", "300")
@@ -167,6 +169,11 @@ def test_each_shipped_model_loads_predicts_and_has_its_own_card(name, data_dir):
     info = model_info(predictor)
     assert info["name"] == f"polypseg {name} model (shipped)" and info["card"] == text
     assert info["training_data"] == predict.card_row(card, "training data") and "Kvasir-SEG" in info["training_data"]
+    # its operating point was chosen on polyp-free frames of a folder it never trained on, and the card says so
+    chosen = read_checkpoint_meta(predictor.checkpoint)["metrics"]
+    assert chosen["operating_point_from"] == "polyp-free frames"
+    assert not {Path(d).name for d in predictor.config.data} & set(chosen["operating_point_folders"])
+    assert f"{predictor.operating_point:.4f}" in text
 
 
 def test_shipped_model_segments_frames_it_never_saw(data_dir):

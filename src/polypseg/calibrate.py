@@ -152,8 +152,9 @@ def calibrate_on_negatives(model: str | Path, negatives: list[str], specificity:
     ``1 - specificity`` of the polyp-free frames in ``negatives`` are flagged. The folders must be none the
     model trained or validated on. ``model``: a run folder (its best and last checkpoints are updated in
     place unless ``out`` is given), a checkpoint or a shipped model's name (``out`` required: the weights are
-    copied byte for byte beside the new JSON). What sensitivity the point keeps is for ``polypseg evaluate``
-    to say, on polyp frames. Returns the checkpoint written (or the run folder)."""
+    copied byte for byte beside the new JSON, and the ``split.json`` beside them where the folder has none).
+    What sensitivity the point keeps is for ``polypseg evaluate`` to say, on polyp frames. Returns the
+    checkpoint written (or the run folder)."""
     from .predict import Predictor, resolve_model
 
     if specificity is None or not 0 < specificity < 1:
@@ -196,6 +197,9 @@ def calibrate_on_negatives(model: str | Path, negatives: list[str], specificity:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.resolve() != weights.resolve():
             atomic_write(target, lambda tmp: shutil.copyfile(weights, tmp))
+        split = weights.parent / "split.json"  # the split it trained on travels with it (DIR:test in evaluate)
+        if split.is_file() and not (target.parent / "split.json").exists():
+            atomic_write(target.parent / "split.json", lambda tmp: shutil.copyfile(split, tmp))
         new = {**meta, "config": cfg.replace(**changes).to_dict(), "metrics": metrics}
         atomic_write_text(target.with_suffix(".json"), json.dumps(new, indent=2) + "\n")
     print(f"verdict '{cfg.verdict}': operating point {point:.4f} chosen for specificity {specificity:.2f} on "
