@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from polypseg import metrics
-from polypseg.calibrate import calibrate
+from polypseg.calibration import calibrate
 from polypseg.cli import main
 from polypseg.data import read_image
 from polypseg.errors import PolypsegError

@@ -114,3 +114,19 @@ def test_the_checks_catch_what_they_look_for():
     sources["c"] = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import X\n"
     assert find_cycle(import_graph(sources)) is None
     assert find_cycle({"x": {"y"}, "y": set()}) is None
+
+
+def test_the_python_api_names_stay_what_they_name():
+    # A fresh interpreter: `polypseg.train` is the function on every call, although importing the module
+    # polypseg.train binds that name on the package; `calibrate` lives in polypseg.calibration, whose import
+    # (train imports it) must not shadow it either.
+    import subprocess
+    import sys
+
+    code = ("import inspect, polypseg\n"
+            "names = ('train', 'train', 'calibrate', 'evaluate', 'evaluate', 'Predictor', 'describe')\n"
+            "kinds = [inspect.isfunction(getattr(polypseg, n)) or inspect.isclass(getattr(polypseg, n)) for n in names]\n"
+            "print(kinds, sorted(set(polypseg.__all__) - set(dir(polypseg)) - set(polypseg._API)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == f"{[True] * 7} []"
+    assert set(polypseg.__all__) == set(polypseg._API)

@@ -192,7 +192,7 @@ def test_a_given_threshold_is_kept(tmp_path, tiny_config, data_dir):
 
 
 def test_threshold_chosen_on_request_and_undone_by_calibrate(tmp_path, tiny_config, data_dir):
-    from polypseg.calibrate import calibrate
+    from polypseg.calibration import calibrate
 
     split = small_split(data_dir, tmp_path, ["001", "002", "030", "031"], ["060", "061"])
     run = train(tiny_config.replace(split=str(split), choose_threshold=True, limit_batches=1), tmp_path / "run",

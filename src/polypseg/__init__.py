@@ -25,7 +25,7 @@ _API = {
     "PRESETS": "config",
     "PolypsegError": "errors",
     "train": "train",
-    "calibrate": "calibrate",
+    "calibrate": "calibration",
     "load_model": "model",
     "build_model": "model",
     "Predictor": "predict",
@@ -45,4 +45,8 @@ def __getattr__(name: str):
     if name not in _API:
         raise AttributeError(f"module 'polypseg' has no attribute {name!r}")
     module = importlib.import_module(f".{_API[name]}", __name__)
-    return getattr(module, "load_checkpoint" if name == "load_model" else name)
+    value = getattr(module, "load_checkpoint" if name == "load_model" else name)
+    # Importing polypseg.train binds the package's `train` to that module; the API's name wins, so a second
+    # polypseg.train(...) still calls the function.
+    globals()[name] = value
+    return value

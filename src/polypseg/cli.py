@@ -193,7 +193,7 @@ def _evaluate(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from .calibrate import calibrate
+    from .calibration import calibrate
 
     calibrate(args.run, sensitivity=args.sensitivity, choose_threshold=args.choose_threshold,
               negatives=args.negatives, specificity=args.specificity, out=args.output)

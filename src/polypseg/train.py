@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAverag
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from .calibrate import finish_run
+from .calibration import finish_run
 from .config import Config
 from .data import SegmentationDataset, index_dataset
 from .datacheck import usable_pairs
