@@ -171,11 +171,11 @@ def calibrate_on_negatives(model: str | Path, negatives: list[str], specificity:
     meta = read_checkpoint_meta(weights)
     cfg = Config.from_dict(meta["config"])
     seen = _trained_folders(cfg)
-    for folder in negatives:
-        if Path(folder).resolve() in seen:
-            raise PolypsegError(f"The model trained on '{folder}' (its config names it), so an operating point "
+    for given in negatives:
+        if Path(given).resolve() in seen:
+            raise PolypsegError(f"The model trained on '{given}' (its config names it), so an operating point "
                                 "chosen there would be too optimistic. Give polyp-free frames it never saw.")
-    pairs = [p for folder in negatives for p in scan_frames(folder, polyp=False).pairs]
+    pairs = [p for given in negatives for p in scan_frames(given, polyp=False).pairs]
     pairs, _ = usable_pairs(pairs, skip_bad=False, what="the polyp-free frames to calibrate on")
     if not pairs:
         raise PolypsegError(f"No frame found in {', '.join(negatives)}.")
