@@ -10,19 +10,18 @@ is, the shipped ones, to get an operating point that is not "any pixel drawn". N
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from .config import Config
-from .data import index_dataset, load_pair, scan_frames
+from .data import data_folders, index_dataset, load_pair, scan_frames
 from .datacheck import usable_pairs
 from .errors import PolypsegError
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write
 from .metrics import frame_counts, frame_rates, operating_point_for, operating_point_for_specificity, roc_auc
-from .model import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .model import read_checkpoint_meta, write_checkpoint_meta
 from .progress import progress as progress_lines
 from .splits import resolve_split
 
@@ -94,10 +93,9 @@ def finish_run(run: Path, val_pairs) -> None:
 def update_checkpoints(run: Path, changes: dict, metrics: dict) -> None:
     """Config ``changes`` and ``metrics`` written into the run folder's best and last checkpoints."""
     for name in ("best", "last"):
-        model, cfg = load_checkpoint(run / f"{name}.safetensors")
         meta = read_checkpoint_meta(run / f"{name}.safetensors")
-        save_checkpoint(model, cfg.replace(**changes), run / name, epoch=meta["epoch"],
-                        metrics={**meta["metrics"], **metrics})
+        cfg = Config.from_dict(meta["config"]).replace(**changes)
+        write_checkpoint_meta(run / f"{name}.safetensors", cfg, meta["epoch"], {**meta["metrics"], **metrics})
 
 
 def _choose_operating_point(run: Path, val_pairs) -> None:
@@ -142,8 +140,7 @@ def _choose_threshold(run: Path, val_pairs) -> None:
 
 
 def _trained_folders(cfg: Config) -> set[Path]:
-    data = cfg.data if isinstance(cfg.data, list) else [cfg.data]
-    return {Path(d).resolve() for d in [*data, *(cfg.negatives or [])] if d}
+    return {Path(d).resolve() for d in [*data_folders(cfg.data), *(cfg.negatives or [])]}
 
 
 def calibrate_on_negatives(model: str | Path, negatives: list[str], specificity: float | None,
@@ -200,8 +197,7 @@ def calibrate_on_negatives(model: str | Path, negatives: list[str], specificity:
         split = weights.parent / "split.json"  # the split it trained on travels with it (DIR:test in evaluate)
         if split.is_file() and not (target.parent / "split.json").exists():
             atomic_write(target.parent / "split.json", lambda tmp: shutil.copyfile(split, tmp))
-        new = {**meta, "config": cfg.replace(**changes).to_dict(), "metrics": metrics}
-        atomic_write_text(target.with_suffix(".json"), json.dumps(new, indent=2) + "\n")
+        write_checkpoint_meta(target, cfg.replace(**changes), meta["epoch"], metrics)
     print(f"verdict '{cfg.verdict}': operating point {point:.4f} chosen for specificity {specificity:.2f} on "
           f"{len(pairs)} polyp-free frames of {', '.join(names)} ({flagged} flagged, {flagged / len(pairs):.1%}); "
           f"written to {target}. The sensitivity it keeps shows on polyp frames: polypseg evaluate --run {target} "

@@ -99,15 +99,17 @@ def save_checkpoint(
         if half and v.is_floating_point():
             v = v.half()
         state[k] = v
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "config": cfg.to_dict(),
-        "epoch": epoch,
-        "metrics": metrics or {},
-    }
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": CHECKPOINT_FORMAT}))
-    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    write_checkpoint_meta(path, cfg, epoch, metrics)
     return path
+
+
+def write_checkpoint_meta(path: str | Path, cfg: Config, epoch: int | None = None,
+                          metrics: dict[str, Any] | None = None) -> None:
+    """The .json beside the weights ``path`` (format, config, epoch, metrics), atomically; the weights are
+    not touched (a new operating point or threshold changes only this file)."""
+    meta = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch, "metrics": metrics or {}}
+    atomic_write_text(Path(path).with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
