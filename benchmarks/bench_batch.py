@@ -67,7 +67,7 @@ def main() -> None:
                                threads=threads, show_progress=False)
             seconds = time.perf_counter() - begin
             assert result.frames == total and not result.errors, result
-            rows.append([f"polypseg batch (Ray Data, embedded)", f"{workers} x {threads}", str(total),
+            rows.append(["polypseg batch (Ray Data, embedded)", f"{workers} x {threads}", str(total),
                          f"{seconds:.1f}", f"{total / seconds:.1f}"])
     print(f"{args.exams} exams x {args.frames} frames (384x288 H.264), {platform.processor() or platform.machine()}, "
           f"{cpus} cores")

@@ -28,7 +28,7 @@ from polypseg.batch import (
 from polypseg.data import index_dataset, read_image
 from polypseg.errors import PolypsegError
 from polypseg.predict import Predictor
-from polypseg.video import CSV_FIELDS, run_video, write_clip
+from polypseg.video import run_video, write_clip
 
 ray = pytest.importorskip("ray", reason="the batch tests need the [scale] extra (ray[data])")
 

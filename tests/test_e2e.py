@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from polypseg.cli import main
 from polypseg.data import read_image
@@ -61,6 +59,8 @@ def test_train_evaluate_predict_video(tmp_path, data_dir, capsys):
     csv_path = video.with_suffix(".csv")
     with open(csv_path) as f:
         assert len(list(csv.DictReader(f))) == 8
+    # a run without an int8 file of its own: `video`'s --precision auto runs its fp32 network
+    assert json.loads(video.with_suffix(".summary.json").read_text())["model"] == "onnxruntime (exported in memory)"
 
 
 def test_user_errors_exit_2_with_one_paragraph(tmp_path, capsys):

@@ -120,6 +120,9 @@ def test_int8_quantisation_and_report(tiny_checkpoint, data_dir, frames, capsys)
     int8_p = Predictor(tiny_checkpoint, backend="onnxruntime", onnx_path=q)
     prob = int8_p.predict_prob(frames[0])
     assert prob.shape == frames[0].shape[:2] and np.isfinite(prob).all()
+    # the head stays in float: the network's probabilities are not 256 levels of a uint8
+    x = int8_p.prepare(frames[0])[0][None]
+    assert len(np.unique(ort_session(q).run(None, {"image": x})[0])) > 256
     assert np.abs(prob - Predictor(tiny_checkpoint).predict_prob(frames[0])).max() < 0.1
 
     report = compare_int8(tiny_checkpoint, exported, q, data=data_dir, max_frames=4)
@@ -154,6 +157,61 @@ def test_shape_arithmetic_is_what_reads_only_shapes_and_constants():
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
     assert shape_arithmetic(helper.make_model(graph)) == ["shape", "const", "shape_add"]
+
+
+def test_output_head_is_from_the_last_convolution_to_the_outputs():
+    from onnx import TensorProto, helper
+
+    from polypseg.export import output_head
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["c2"], name="head_conv"),
+        helper.make_node("Constant", [], ["scales"], name="scales",
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [4], [1, 1, 4, 4])),
+        helper.make_node("Resize", ["c2", "", "scales"], ["up"], name="up"),
+        helper.make_node("Sigmoid", ["up"], ["prob"], name="sigmoid"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)])
+    assert sorted(output_head(helper.make_model(graph))) == ["head_conv", "scales", "sigmoid", "up"]
+
+
+def test_precision_picks_the_int8_file_beside_the_checkpoint(tiny_checkpoint, data_dir, frames):
+    export_onnx(tiny_checkpoint, int8=True, check_frames=1, calibration_frames=2, compare_frames=2, data=data_dir,
+                verbose=False)
+    for precision, name in (("int8", "best.int8.onnx"), ("auto", "best.int8.onnx"), ("fp32", "best.onnx")):
+        p = Predictor(tiny_checkpoint, backend="onnxruntime", precision=precision)
+        assert (p.onnx_path.name, p.precision) == (name, "int8" if "int8" in name else "fp32")
+    assert Predictor(tiny_checkpoint, backend="onnxruntime", precision="auto").runtime == "onnxruntime int8 (best.int8.onnx)"
+    with pytest.raises(PolypsegError, match="Give one of the two"):
+        Predictor(tiny_checkpoint, backend="onnxruntime", precision="int8", onnx_path=tiny_checkpoint / "best.onnx")
+    with pytest.raises(PolypsegError, match="add --backend onnxruntime"):
+        Predictor(tiny_checkpoint, precision="int8")
+    with pytest.raises(PolypsegError, match="Unknown precision"):
+        Predictor(tiny_checkpoint, backend="onnxruntime", precision="fp16")
+    (tiny_checkpoint / "best.int8.onnx").unlink()
+    (tiny_checkpoint / "best.onnx").unlink()
+    auto = Predictor(tiny_checkpoint, backend="onnxruntime", precision="auto")
+    assert (auto.onnx_path, auto.precision, auto.runtime) == (None, "fp32", "onnxruntime (exported in memory)")
+    with pytest.raises(PolypsegError, match="--int8"):
+        Predictor(tiny_checkpoint, backend="onnxruntime", precision="int8")
+
+
+def test_the_shipped_int8_file_is_the_real_time_models(frames):
+    """realtime.int8.onnx: made from the shipped weights, its verdict's score within a few thousandths of
+    the fp32 network's, its mask nearly the same."""
+    fp32 = Predictor("realtime", backend="onnxruntime")
+    int8 = Predictor("realtime", backend="onnxruntime", precision="int8")
+    assert int8.onnx_path.name == "realtime.int8.onnx" and int8.precision == "int8"
+    assert "calibration frames" in onnx_metadata(int8.session)["polypseg.int8"]
+    for frame in frames[:3]:
+        a, b = fp32.predict(frame), int8.predict(frame)
+        assert abs(a.score - b.score) < 0.005
+        ma, mb = a.prob >= fp32.threshold, b.prob >= int8.threshold
+        assert (ma & mb).sum() * 2 >= 0.9 * (ma.sum() + mb.sum())
+    assert Predictor("accurate", backend="onnxruntime", precision="auto").precision == "fp32"  # it ships none
 
 
 def test_int8_file_of_the_shipped_model_takes_other_input_sizes(tmp_path, frames):

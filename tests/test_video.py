@@ -305,3 +305,18 @@ def test_default_rule_takes_the_model_operating_point(sequence, tiny_checkpoint,
     assert stats.summary["operating_point"] == pytest.approx(predictor.operating_point)
     with pytest.raises(PolypsegError, match="onset"):
         run_video(clip, predictor, tmp_path / "p.mp4", alerts=AlertRule(onset_ms=-5))
+
+
+def test_video_runs_the_shipped_int8_file_by_default_and_says_so(frame_folder, tmp_path, capsys):
+    """`polypseg video` defaults to --precision auto: the real-time model's shipped int8 file, named in the
+    output and the summary; --precision fp32 runs the fp32 network instead."""
+    from polypseg.cli import main
+
+    out = tmp_path / "int8.mp4"
+    assert main(["video", str(frame_folder), "-o", str(out), "--max-frames", "3", "--no-progress"]) == 0
+    assert "model: onnxruntime int8 (realtime.int8.onnx)" in capsys.readouterr().out
+    assert json.loads(out.with_suffix(".summary.json").read_text())["model"] == "onnxruntime int8 (realtime.int8.onnx)"
+    out = tmp_path / "fp32.mp4"
+    assert main(["video", str(frame_folder), "-o", str(out), "--max-frames", "3", "--no-progress",
+                 "--precision", "fp32"]) == 0
+    assert "model: onnxruntime (exported in memory)" in capsys.readouterr().out

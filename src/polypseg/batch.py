@@ -36,7 +36,7 @@ import numpy as np
 
 from .alerts import AlertRule, AlertTracker
 from .config import Config
-from .data import IMAGE_SUFFIXES, folder_images
+from .data import IMAGE_SUFFIXES
 from .errors import PolypsegError
 from .files import atomic_write_text, check_writable, csv_text
 from .model import load_checkpoint, read_checkpoint_meta

@@ -75,7 +75,9 @@ def benchmark(
 
     The video pipeline runs the shipped real-time model (``video_model``: another checkpoint) ``repeats``
     times per setting: ONNX Runtime with 1, 2 and all threads, spinning on and off, and torch (``quick``:
-    ONNX Runtime with the default spinning only), with ``int8`` also its int8 file on all threads; then
+    ONNX Runtime with the default spinning only), and the int8 file beside it (``NAME.int8.onnx``, which
+    `polypseg video` runs by default; the shipped model has one) or, with ``int8`` where there is none, an
+    int8 file calibrated here, on all threads; then
     each stage alone (decode, preprocess, inference, resize back + overlay, H.264 encode) with the default
     setting.
 
@@ -129,8 +131,10 @@ def benchmark(
             model, label = _video_model(video_model, checkpoints, height, width)
             if model is not None or DEFAULT_MODEL.is_file():
                 settings = video_settings(thread_choices, quick)
-                if int8:  # the video model's own int8 file, calibrated on its training frames
-                    weights = model if model is not None else DEFAULT_MODEL
+                weights = model if model is not None else DEFAULT_MODEL
+                if weights.with_suffix(".int8.onnx").is_file():  # the file `polypseg video` runs by default
+                    settings.append(dict(backend="onnxruntime", threads=threads, spin=SPIN_DEFAULT, precision="int8"))
+                elif int8:  # the video model's own int8 file, calibrated on its training frames
                     fp32 = export_onnx(weights, out_path=Path(tmp) / "model.onnx", check_frames=1, verbose=False)
                     q = _int8_file(fp32, weights, None, 16 if quick else 64)
                     settings.append(dict(backend="onnxruntime", threads=threads, spin=SPIN_DEFAULT, onnx_path=q))
@@ -193,10 +197,7 @@ def video_runs(clip: Path, model: Path | None, label: str, settings: list[dict[s
             fps[i].append(stats.fps)
             latency[i].append(stats.latency_median_ms)
             frames = stats.frames
-    def runtime(kw: dict[str, Any]) -> str:
-        return kw["backend"] + (f" {Path(kw['onnx_path']).name}" if kw.get("onnx_path") else "")
-
-    return [{"model": label, "runtime": runtime(kw), "threads": kw["threads"],
+    return [{"model": label, "runtime": predictors[i].runtime, "threads": kw["threads"],
              "spin": kw.get("spin") if kw["backend"] == "onnxruntime" else None, "frames": frames,
              "runs": repeats, "fps_all": fps[i], "fps_median": float(np.median(fps[i])),
              "fps_min": min(fps[i]), "fps_max": max(fps[i]), "latency_median_ms": float(np.median(latency[i]))}

@@ -181,7 +181,7 @@ def _evaluate(args) -> int:
 
     common = dict(out=args.output, tta=args.tta, threshold=args.threshold, bootstrap=args.bootstrap,
                   pranet_mdice=args.pranet_mdice, device=args.device, skip_bad=args.skip_bad, backend=args.backend,
-                  onnx=args.onnx)
+                  onnx=args.onnx, precision=args.precision)
     if args.test_set or args.negatives:
         if args.data or args.split or args.all:
             raise PolypsegError("--test-set and --negatives name the test sets themselves; drop --data, --split and --all.")
@@ -222,7 +222,7 @@ def _predictor(args, tta: bool = False):
     from .predict import Predictor
 
     return Predictor(args.run, device=args.device, tta=tta, backend=args.backend, onnx_path=args.onnx,
-                     threads=args.threads)
+                     threads=args.threads, precision=args.precision)
 
 
 def _predict(args) -> int:
@@ -274,7 +274,7 @@ def _serve(args) -> int:
     from .serve import ServeSettings, serve
 
     settings = ServeSettings(
-        run=args.run, backend=args.backend, onnx=args.onnx, device=args.device, threads=args.threads,
+        run=args.run, backend=args.backend, onnx=args.onnx, precision=args.precision, device=args.device, threads=args.threads,
         token=args.token, max_upload_mb=args.max_upload_mb, max_video_mb=args.max_video_mb, workers=args.workers,
         max_pending=args.max_pending, max_jobs=args.max_jobs, allowed_hosts=args.allowed_hosts,
     )
@@ -357,11 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
     t.set_defaults(func=_train)
 
-    def runtime_flags(q, backend: str = "torch"):
+    def runtime_flags(q, backend: str = "torch", precision: str = "fp32"):
         q.add_argument("--backend", default=backend, choices=["torch", "onnxruntime"],
                        help=f"inference runtime (default {backend})")
         q.add_argument("--onnx", metavar="FILE", help="ONNX file for --backend onnxruntime, e.g. RUN/best.int8.onnx "
                        "(default: RUN/best.onnx from `polypseg export`, else exported in memory)")
+        q.add_argument("--precision", default=precision, choices=["fp32", "int8", "auto"],
+                       help="onnxruntime: int8 runs the int8 file beside the checkpoint (`polypseg export --int8`; "
+                       f"the realtime model ships one), auto runs it where there is one (default {precision})")
 
     def eval_flags(q, run_required=True):
         q.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
@@ -416,11 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(r)
     r.set_defaults(func=_reproduce)
 
-    def infer_flags(q, backend: str = "torch"):
+    def infer_flags(q, backend: str = "torch", precision: str = "fp32"):
         q.add_argument("--run", help="run folder, checkpoint, or a shipped model by name (default: realtime, the shipped real-time model)")
         q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (onnxruntime: needs onnxruntime-gpu)")
         q.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
-        runtime_flags(q, backend)
+        runtime_flags(q, backend, precision)
 
     pr = sub.add_parser("predict", help="masks and overlays for images or folders of images")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
@@ -436,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     vd = sub.add_parser("video", help="overlay video and per-frame CSV for a file, frame folder, camera or stream")
     vd.add_argument("source", help="video file, folder of frames, camera index (0) or stream URL")
     vd.add_argument("-o", "--output", required=True, help="overlay video to write (.mp4)")
-    infer_flags(vd, backend="onnxruntime")  # real time on a CPU needs ONNX Runtime (README: Speed)
+    # real time on a CPU needs ONNX Runtime, and int8 matches fp32 on the shipped model (README: Speed)
+    infer_flags(vd, backend="onnxruntime", precision="auto")
     vd.add_argument("--csv", help="per-frame CSV (default: beside the video)")
     vd.add_argument("--max-frames", type=int, help="stop after this many frames")
     vd.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -465,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--run", help="run folder, checkpoint, or a shipped model by name (default: realtime, the shipped real-time model)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     sv.add_argument("--port", type=int, default=8000)
-    runtime_flags(sv, "onnxruntime")
+    runtime_flags(sv, "onnxruntime", "auto")
     sv.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (onnxruntime: needs onnxruntime-gpu)")
     sv.add_argument("--threads", type=int, help="CPU threads per inference (default: all cores)")
     sv.add_argument("--token", help="bearer token required on every request (default: $POLYPSEG_TOKEN)")

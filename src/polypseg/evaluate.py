@@ -34,19 +34,22 @@ from .splits import SIDES, leak_sentence, leak_text, load_split, split_pairs, wi
 SUMMARY_FORMAT = "polypseg-eval/1"
 # The keyword options of evaluate() and evaluate_sets(), with their defaults.
 EVAL_OPTIONS: dict[str, Any] = dict(tta=False, threshold=None, bootstrap=1000, pranet_mdice=False, gallery=8,
-                                    device="cpu", seed=0, progress=True, skip_bad=False, backend="torch", onnx=None)
+                                    device="cpu", seed=0, progress=True, skip_bad=False, backend="torch", onnx=None,
+                                    precision="fp32")
 
 
 def _prepare(run, runtime: dict[str, Any], threshold: float | None, bootstrap: int):
     """(predictor, checkpoint file, threshold, where the threshold came from), the inputs checked.
-    ``runtime``: how the model runs (tta, device, backend, onnx), as the summary records it."""
+    ``runtime``: how the model runs (tta, device, backend, onnx, precision), as the summary records it; the
+    ONNX file and the precision that ran are written back into it."""
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise PolypsegError(f"The threshold must lie between 0 and 1, got {threshold}.")
     if bootstrap < 0:
         raise PolypsegError(f"The number of bootstrap resamples must be 0 or more, got {bootstrap}.")
     weights = resolve_model(run)
     predictor = Predictor(weights, device=runtime["device"], tta=runtime["tta"], backend=runtime["backend"],
-                          onnx_path=runtime["onnx"])
+                          onnx_path=runtime["onnx"], precision=runtime["precision"])
+    runtime.update(onnx=None if predictor.onnx_path is None else str(predictor.onnx_path), precision=predictor.precision)
     if threshold is None:
         threshold = predictor.threshold
         from_validation = read_checkpoint_meta(weights).get("metrics", {}).get("threshold_from") == "validation"
@@ -92,6 +95,7 @@ def evaluate(
     skip_bad: bool = False,
     backend: str = "torch",
     onnx: str | Path | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Evaluate ``run`` and write its evaluation folder; returns the summary (as in summary.json).
 
@@ -101,7 +105,8 @@ def evaluate(
     intervals (0: none), drawn with ``seed``. ``gallery``: how many frames (half best, half worst)
     the report shows. A run trained on several folders is evaluated on each folder's test side
     (``evaluate_sets``). Unreadable pairs are an error, or left out (and listed) with ``skip_bad``.
-    ``backend``/``onnx``: evaluate the model as it is deployed, e.g. ``onnxruntime`` with its int8 file.
+    ``backend``/``onnx``/``precision``: evaluate the model as it is deployed, e.g. ``onnxruntime`` with
+    its int8 file (``precision="int8"``, or that file as ``onnx``).
     """
     if all_pairs and split is not None:
         raise PolypsegError("Give either a split file or --all (every pair of the folder), not both.")
@@ -112,8 +117,8 @@ def evaluate(
     if data is None and split is None and not all_pairs and (isinstance(run_cfg.data, list) or run_cfg.negatives):
         return evaluate_sets(run, None, out=out, tta=tta, threshold=threshold, bootstrap=bootstrap,
                              pranet_mdice=pranet_mdice, gallery=gallery, device=device, seed=seed,
-                             progress=progress, skip_bad=skip_bad, backend=backend, onnx=onnx)
-    runtime = _runtime(tta=tta, device=device, backend=backend, onnx=onnx)
+                             progress=progress, skip_bad=skip_bad, backend=backend, onnx=onnx, precision=precision)
+    runtime = dict(tta=tta, device=device, backend=backend, onnx=onnx, precision=precision)
     predictor, weights, threshold, source = _prepare(run, runtime, threshold, bootstrap)
     run_dir = weights.parent
     cfg = predictor.config
@@ -130,11 +135,6 @@ def evaluate(
     return _write_folder(out, lambda tmp: _evaluate_set(
         tmp, out, predictor, pairs, selection, index, threshold, source, weights, runtime, bootstrap,
         pranet_mdice, gallery, seed, progress))
-
-
-def _runtime(tta: bool, device: str, backend: str, onnx: str | Path | None) -> dict[str, Any]:
-    """How the model runs in an evaluation, as its summary records it."""
-    return dict(tta=tta, device=device, backend=backend, onnx=None if onnx is None else str(onnx))
 
 
 def _usable(pairs: list[Pair], skip_bad: bool, selection: dict[str, Any]) -> list[Pair]:
@@ -245,7 +245,7 @@ def evaluate_sets(run: str | Path, test_sets: list[str] | None = None, out: str 
         check_writable(out, "the evaluation (-o)", folder=True)  # before the model loads
     threshold, bootstrap, pranet_mdice, gallery, seed, progress, skip_bad = (
         o[k] for k in ("threshold", "bootstrap", "pranet_mdice", "gallery", "seed", "progress", "skip_bad"))
-    runtime = _runtime(o["tta"], o["device"], o["backend"], o["onnx"])
+    runtime = {k: o[k] for k in ("tta", "device", "backend", "onnx", "precision")}
     predictor, weights, threshold, source = _prepare(run, runtime, threshold, bootstrap)
     run_dir = weights.parent
     cfg = predictor.config

@@ -24,11 +24,10 @@ from .files import atomic_write, check_writable
 from .model import load_checkpoint, read_checkpoint_meta
 from .predict import Predictor, resolve_model
 from .progress import progress
-from .runtime import export_bytes, ort_session, set_metadata
+from .runtime import INT8_KEY, export_bytes, ort_session, set_metadata
 from .transforms import to_input
 
 CHECK_TOLERANCE = 1e-3  # max abs difference of probabilities, ONNX Runtime vs torch
-INT8_KEY = "polypseg.int8"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -209,6 +208,24 @@ def shape_arithmetic(model) -> list[str]:
     return excluded
 
 
+def output_head(model) -> list[str]:
+    """The nodes from the graph's last convolution to its outputs (the segmentation head's 1-channel
+    convolution, its upsampling and the sigmoid), which stay in float. Quantised, the probabilities come
+    out in steps of 1/255, and the verdict's score, the peak probability, lives in the last 0.5% below 1:
+    the fp32 peaks 0.9949, 0.9960 and 0.9981 of three polyp-free frames all read 0.9961, and every polyp
+    frame's 1.0. The head is about a thousandth of the network's work."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    excluded, todo = [], [o.name for o in model.graph.output]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.name in excluded:
+            continue
+        excluded.append(node.name)
+        if node.op_type != "Conv":
+            todo.extend(node.input)
+    return excluded
+
+
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, inputs: Sequence[np.ndarray], where: str = "") -> Path:
     """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on
     ``inputs``) of an fp32 ONNX file, written atomically to ``int8_path``; the metadata is kept. The shape
@@ -234,10 +251,11 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, inputs: Sequence
         # Shape inference and graph optimisation first, as ORT's quantisation guide recommends.
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantized = Path(tmp) / "int8.onnx"
+        graph = onnx.load(str(pre))
         quantize_static(
             str(pre), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=shape_arithmetic(onnx.load(str(pre))),
+            nodes_to_exclude=shape_arithmetic(graph) + output_head(graph),
         )
         proto = onnx.load(str(quantized))
     set_metadata(proto, {**{p.key: p.value for p in fp32.metadata_props},

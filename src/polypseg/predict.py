@@ -7,7 +7,7 @@ writes a mask, an overlay and optionally the probability map for every image of 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,7 +22,7 @@ from .errors import PolypsegError
 from .files import atomic_write, atomic_write_text, check_writable, csv_text
 from .model import resolve_checkpoint
 from .progress import progress
-from .runtime import BACKENDS, onnx_backend, torch_backend, torch_device
+from .runtime import BACKENDS, PRECISIONS, onnx_backend, torch_backend, torch_device
 from .transforms import from_output, to_input
 from .viz import overlay
 
@@ -103,7 +103,9 @@ class Predictor:
     ``backend="onnxruntime"`` and ``onnx_path``, the ONNX file alone, which carries its config).
     ``backend``: ``torch`` (eager, ``inference_mode``) or ``onnxruntime``. The onnxruntime backend uses
     ``onnx_path``, else the ``.onnx`` beside the checkpoint when it was exported from these weights, else
-    exports the checkpoint in memory (a few seconds; `polypseg export` saves that time).
+    exports the checkpoint in memory (a few seconds; `polypseg export` saves that time). ``precision``
+    (onnxruntime): ``int8`` runs the ``.int8.onnx`` beside the checkpoint instead (the real-time model
+    ships one), ``auto`` runs it where there is one; ``onnx_path`` and ``precision`` say which file ran.
     ``tta=True`` averages the probabilities of the frame and its horizontal and vertical flips, run as
     one batch of three. ``threads``: intra-op threads (torch: set during each call and restored after,
     default torch's setting; ORT: the session's, default every core). ``spin``: ORT only, whether its
@@ -119,27 +121,41 @@ class Predictor:
         onnx_path: str | Path | None = None,
         threads: int | None = None,
         spin: bool | None = None,
+        precision: str = "fp32",
     ):
         if backend not in BACKENDS:
             raise PolypsegError(f"Unknown backend '{backend}'. Valid: {', '.join(BACKENDS)}.")
+        if precision not in PRECISIONS:
+            raise PolypsegError(f"Unknown precision '{precision}'. Valid: {', '.join(PRECISIONS)}.")
         self.backend = backend
         self.tta = tta
         self.device = torch_device(device)
         if backend == "torch":
             if onnx_path is not None:
                 raise PolypsegError("An ONNX file runs with --backend onnxruntime, not torch.")
+            if precision == "int8":
+                raise PolypsegError("int8 runs on ONNX Runtime: add --backend onnxruntime.")
             self.checkpoint: Path | None = resolve_model(checkpoint)
             self.runner, self.config = torch_backend(self.checkpoint, device, threads)
         else:
             # An ONNX file alone carries its config: no checkpoint needed then.
             given = checkpoint is not None or onnx_path is None
             self.checkpoint = resolve_model(checkpoint) if given else None
-            self.runner, self.config = onnx_backend(self.checkpoint, onnx_path, device, threads, spin)
-        self.onnx_path = None if onnx_path is None else Path(onnx_path)  # the file given, for the record
+            self.runner, self.config = onnx_backend(self.checkpoint, onnx_path, device, threads, spin, precision)
+        self.onnx_path = Path(onnx_path) if onnx_path is not None else self.runner.path  # the file run, if any
+        self.precision = self.runner.precision
 
     @property
     def model(self) -> torch.nn.Module | None:
         return self.runner.model
+
+    @property
+    def runtime(self) -> str:
+        """What runs the frames, e.g. 'onnxruntime int8 (realtime.int8.onnx)' or 'torch'."""
+        if self.backend == "torch":
+            return "torch"
+        where = self.onnx_path.name if self.onnx_path is not None else "exported in memory"
+        return f"onnxruntime{' int8' if self.precision == 'int8' else ''} ({where})"
 
     @property
     def session(self):

@@ -26,7 +26,8 @@ def runtime_text(summary: dict[str, Any]) -> str:
     text = f"TTA {'on (flips)' if summary['tta'] else 'off'}"
     backend = summary.get("backend", "torch")
     if backend != "torch":
-        text += f", {backend}" + (f" ({summary['onnx']})" if summary.get("onnx") else "")
+        int8 = " int8" if summary.get("precision") == "int8" else ""
+        text += f", {backend}{int8}" + (f" ({summary['onnx']})" if summary.get("onnx") else "")
     return text
 
 

@@ -33,10 +33,13 @@ from .errors import PolypsegError
 from .model import load_checkpoint, split_output
 
 BACKENDS = ("torch", "onnxruntime")
+# which ONNX file the onnxruntime backend runs (onnx_backend): fp32, int8, or int8 where there is one
+PRECISIONS = ("fp32", "int8", "auto")
 OPSET = 17
 # Keys of the metadata every ONNX file written by polypseg carries.
 ONNX_CONFIG_KEY = "polypseg.config"
 ONNX_SHA256_KEY = "polypseg.checkpoint_sha256"
+INT8_KEY = "polypseg.int8"  # set in int8 files: how they were quantised
 # ONNX Runtime's intra-op threads spin (busy-wait) between ops by default; polypseg turns that off.
 # `polypseg benchmark`, shipped model, 200-frame clip, 2 cores busy with a training run (load ~6-8), fps of
 # the whole video pipeline, 4 alternating runs each, median (min-max): 2 threads spinning 7.1 (6.9-7.4),
@@ -236,6 +239,8 @@ class TorchBackend:
 
     name = "torch"
     session = None
+    path = None
+    precision = "fp32"
 
     def __init__(self, model: torch.nn.Module, cfg: Config, device: torch.device, threads: int | None = None):
         self.channels_last = cfg.channels_last
@@ -259,9 +264,13 @@ class OnnxBackend:
     name = "onnxruntime"
     model = None
 
-    def __init__(self, session):
-        self.session = session
+    def __init__(self, session, path: Path | None = None):
+        self.session, self.path = session, path  # path: the file it runs; None: exported in memory
         self.input_name = session.get_inputs()[0].name
+
+    @property
+    def precision(self) -> str:
+        return "int8" if INT8_KEY in onnx_metadata(self.session) else "fp32"
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         out = self.session.run(None, {self.input_name: x})
@@ -277,16 +286,21 @@ def torch_backend(weights: Path, device: str = "cpu", threads: int | None = None
 
 def onnx_backend(
     weights: Path | None, onnx_path: str | Path | None = None, device: str = "cpu", threads: int | None = None,
-    spin: bool | None = None,
+    spin: bool | None = None, precision: str = "fp32",
 ) -> tuple[OnnxBackend, Config]:
     """An ONNX Runtime backend and the config its file carries.
 
     ``onnx_path`` given: that file (written by `polypseg export`; when ``weights`` is given too it must
-    have been exported from them). Else the ``.onnx`` beside ``weights`` when it was exported from these
-    weights, else ``weights`` exported in memory (a few seconds; `polypseg export` saves that time).
+    have been exported from them). Else, by ``precision``: ``fp32``, the ``.onnx`` beside ``weights`` when
+    it was exported from these weights, else ``weights`` exported in memory (a few seconds; `polypseg
+    export` saves that time); ``int8``, the ``.int8.onnx`` beside ``weights`` (`polypseg export --int8`;
+    the real-time model ships one); ``auto``, that int8 file when there is one from these weights, else fp32.
     """
     torch_device(device)  # a wrong device fails here, before any export
     if onnx_path is not None:
+        if precision == "int8":
+            raise PolypsegError("--precision int8 runs the int8 file beside the checkpoint; an --onnx file is run "
+                                "as it is. Give one of the two.")
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise PolypsegError(f"The ONNX file {onnx_path} does not exist. Write it with `polypseg export`.")
@@ -305,14 +319,29 @@ def onnx_backend(
     else:
         if weights is None:
             raise PolypsegError("The onnxruntime backend needs a checkpoint or an ONNX file (--onnx).")
-        session = None
-        beside = weights.with_suffix(".onnx")
-        if beside.is_file():
-            found = ort_session(beside, device, threads, spin)
-            if onnx_metadata(found).get(ONNX_SHA256_KEY) == file_sha256(weights):
-                session = found
+        onnx_path, session = None, None
+        int8 = weights.with_suffix(".int8.onnx")
+        if precision != "fp32":
+            session = _exported_from(weights, int8, device, threads, spin)
+            if session is None and precision == "int8":
+                raise PolypsegError(
+                    f"There is no int8 file exported from {weights} ({int8} is missing or from other weights). "
+                    f"Write it with `polypseg export --run {weights} --int8`, or use --precision fp32."
+                )
+            onnx_path = int8 if session is not None else None
+        if session is None:
+            session = _exported_from(weights, weights.with_suffix(".onnx"), device, threads, spin)
+            onnx_path = weights.with_suffix(".onnx") if session is not None else None
         if session is None:
             model, cfg = load_checkpoint(weights)
             session = ort_session(export_bytes(model, cfg, weights), device, threads, spin)
     cfg = Config.from_dict(json.loads(onnx_metadata(session)[ONNX_CONFIG_KEY]))
-    return OnnxBackend(session), cfg
+    return OnnxBackend(session, onnx_path), cfg
+
+
+def _exported_from(weights: Path, path: Path, device: str, threads: int | None, spin: bool | None):
+    """A session of the ONNX file ``path`` when it exists and was exported from ``weights``, else None."""
+    if not path.is_file():
+        return None
+    session = ort_session(path, device, threads, spin)
+    return session if onnx_metadata(session).get(ONNX_SHA256_KEY) == file_sha256(weights) else None

