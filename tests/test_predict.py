@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -134,6 +135,7 @@ def test_shipped_models_by_name(tiny_checkpoint, tmp_path, monkeypatch):
         for suffix in (".safetensors", ".json"):
             shutil.copy(tiny_checkpoint / f"best{suffix}", shelf / f"{name}{suffix}")
     (shelf / "half.safetensors").write_bytes(b"")  # weights without their .json are no model
+    (shelf / "realtime.int8.onnx").write_bytes(b"")
     (shelf / "accurate.md").write_text("| | |\n|---|---|\n| training data | the accurate one's |\n")
     monkeypatch.setattr(predict, "PRETRAINED_DIR", shelf)
     assert predict.model_card(shelf / "accurate.safetensors") == shelf / "accurate.md"
@@ -143,6 +145,8 @@ def test_shipped_models_by_name(tiny_checkpoint, tmp_path, monkeypatch):
     table = predict.format_models_table().splitlines()
     assert [line.split()[0] for line in table[2:]] == ["accurate", "realtime"] and table[2].endswith("accurate.md")
     assert "peak >= 0.5000" in table[2]  # no point chosen: any pixel at the mask threshold
+    int8_column = [re.split(r"\s{2,}", line)[5] for line in table[2:]]
+    assert int8_column == ["-", "realtime.int8.onnx"]  # the int8 file, where there is one
     assert list(predict.shipped_models()) == ["accurate", "realtime"]
     assert predict.resolve_model("accurate") == shelf / "accurate.safetensors"
     assert Predictor("realtime").checkpoint == shelf / "realtime.safetensors"

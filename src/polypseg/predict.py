@@ -55,20 +55,22 @@ def card_row(card: Path, name: str) -> str | None:
 
 
 def format_models_table() -> str:
-    """The shipped models, a line each: name, network, input, verdict, the test mDice in their JSON, card."""
+    """The shipped models, a line each: name, network, input, verdict, the test mDice in their JSON, the int8
+    file `video` and `serve` run (`runtime.onnx_backend`), card."""
     from .model import read_checkpoint_meta
     from .progress import text_table
 
-    rows = [["name", "network", "input", "verdict (polyp score >= operating point)", "test mDice (per image)", "card"]]
+    rows = [["name", "network", "input", "verdict (polyp score >= operating point)", "test mDice (per image)",
+             "int8 file (video, serve)", "card"]]
     for name, weights in shipped_models().items():
         meta = read_checkpoint_meta(weights)
         cfg, metrics = meta["config"], meta.get("metrics", {})
         mdice = ", ".join(f"{k.removeprefix('test_mdice_per_image_')} {v:.3f}" for k, v in metrics.items()
                           if k.startswith("test_mdice_per_image"))
-        card = model_card(weights)
+        card, int8 = model_card(weights), weights.with_suffix(".int8.onnx")
         rows.append([name, f"{cfg['arch']} / {cfg['encoder']}", f"{cfg['height']}x{cfg['width']}",
                      f"{cfg.get('verdict', 'peak')} >= {Config.from_dict(cfg).operating_point:.4f}", mdice or "-",
-                     str(card) if card else "-"])
+                     int8.name if int8.is_file() else "-", str(card) if card else "-"])
     return "\n".join(text_table(rows)) if len(rows) > 1 else "No shipped model is installed."
 
 
