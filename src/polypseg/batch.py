@@ -42,7 +42,7 @@ from .files import atomic_write_text, check_writable, csv_text
 from .model import load_checkpoint, read_checkpoint_meta
 from .predict import Predictor, frame_stats, resolve_model
 from .progress import progress_bar
-from .runtime import ONNX_SHA256_KEY, export_bytes, file_sha256, onnx_metadata, ort_session
+from .runtime import export_bytes, exported_from
 from .video import (
     CSV_FIELDS, VideoStats, draw_overlay, events_csv_text, jpeg_thumbnail, open_source, publish_folder,
     thumbnail_name, track_frame, video_summary, write_clip,
@@ -448,7 +448,7 @@ def _model_files(weights: Path, backend: str) -> dict[str, bytes]:
     files = {"model.safetensors": weights.read_bytes(), "model.json": weights.with_suffix(".json").read_bytes()}
     if backend == "onnxruntime":
         beside = weights.with_suffix(".onnx")
-        if beside.is_file() and onnx_metadata(ort_session(beside)).get(ONNX_SHA256_KEY) == file_sha256(weights):
+        if exported_from(weights, beside) is not None:
             files["model.onnx"] = beside.read_bytes()
         else:
             model, cfg = load_checkpoint(weights)

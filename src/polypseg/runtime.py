@@ -322,7 +322,7 @@ def onnx_backend(
         onnx_path, session = None, None
         int8 = weights.with_suffix(".int8.onnx")
         if precision != "fp32":
-            session = _exported_from(weights, int8, device, threads, spin)
+            session = exported_from(weights, int8, device, threads, spin)
             if session is None and precision == "int8":
                 raise PolypsegError(
                     f"There is no int8 file exported from {weights} ({int8} is missing or from other weights). "
@@ -330,8 +330,9 @@ def onnx_backend(
                 )
             onnx_path = int8 if session is not None else None
         if session is None:
-            session = _exported_from(weights, weights.with_suffix(".onnx"), device, threads, spin)
-            onnx_path = weights.with_suffix(".onnx") if session is not None else None
+            fp32 = weights.with_suffix(".onnx")
+            session = exported_from(weights, fp32, device, threads, spin)
+            onnx_path = fp32 if session is not None else None
         if session is None:
             model, cfg = load_checkpoint(weights)
             session = ort_session(export_bytes(model, cfg, weights), device, threads, spin)
@@ -339,7 +340,8 @@ def onnx_backend(
     return OnnxBackend(session, onnx_path), cfg
 
 
-def _exported_from(weights: Path, path: Path, device: str, threads: int | None, spin: bool | None):
+def exported_from(weights: Path, path: Path, device: str = "cpu", threads: int | None = None,
+                  spin: bool | None = None):
     """A session of the ONNX file ``path`` when it exists and was exported from ``weights``, else None."""
     if not path.is_file():
         return None
