@@ -44,7 +44,7 @@ def side_pairs(weights: Path, cfg: Config, data: str | Path | None, side: str) -
 
         pairs = split_pairs(load_split(split_file), index)[side]
         if pairs:
-            return pairs, f"{side} side of {split_file}"
+            return pairs, f"{side} side of the split.json beside {weights.name}"  # no machine's absolute path
     if index.pranet:
         pairs = [p for p in index.pairs if index.pranet.get(p.id) == side]
         if pairs:
