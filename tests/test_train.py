@@ -138,6 +138,7 @@ def test_resume_after_sigkill_continues_from_the_last_epoch(tmp_path, data_dir):
     proc.send_signal(signal.SIGKILL)  # at whatever moment the run is in
     proc.wait()
     done = len(rows(run))
+    first_attempt_log = (run / "logs" / "metrics.csv").read_text()
     assert 1 <= done < 12
     result = subprocess.run(POLYPSEG + ["train", "--resume", str(run)], capture_output=True, text=True,
                             timeout=300)
@@ -146,6 +147,9 @@ def test_resume_after_sigkill_continues_from_the_last_epoch(tmp_path, data_dir):
     # it goes on after the last finished epoch: none is redone, at most the one in flight is lost
     assert done + 1 <= first <= done + 2
     assert [int(r["epoch"]) for r in rows(run)] == list(range(1, 13))
+    # Lightning's step log of the first attempt is kept; the resumed attempt writes its own
+    assert (run / "logs" / "metrics.csv").read_text() == first_attempt_log
+    assert (run / "logs" / "resume-1" / "metrics.csv").is_file()
     load_checkpoint(run)
     assert not list(run.glob(".*.tmp*"))
 

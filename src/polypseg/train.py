@@ -1,7 +1,8 @@
 """Training on PyTorch Lightning: one LightningModule, one callback that writes the run folder, `train()`.
 
 Run folder (see docs/DESIGN.md): config.json, split.json, metrics.csv, curve.png, best/last checkpoints
-(safetensors + JSON), resume.ckpt (Lightning's full state, only for --resume), logs/ (CSV, TensorBoard).
+(safetensors + JSON), resume.ckpt (Lightning's full state, only for --resume), logs/ (Lightning's step
+log of each attempt: metrics.csv, then resume-N/metrics.csv; TensorBoard).
 """
 
 from __future__ import annotations
@@ -564,7 +565,8 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
             **_trainer_settings(cfg),
             max_epochs=cfg.epochs,
             callbacks=callbacks,
-            logger=[CSVLogger(run, name="logs", version=""), TensorBoardLogger(run, name="logs", version="tb")],
+            logger=[CSVLogger(run, name="logs", version=_csv_version(run, ckpt_path is not None)),
+                    TensorBoardLogger(run, name="logs", version="tb")],
             enable_checkpointing=False,  # RunFolder writes checkpoints atomically
             enable_progress_bar=progress,
             enable_model_summary=False,
@@ -578,6 +580,14 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
     if trainer.is_global_zero and val_ds is not None and cfg.classes == 1:
         finish_run(run, [by_id[i] for i in split.val])
     return run
+
+
+def _csv_version(run: Path, resuming: bool) -> str:
+    """Lightning's step log of this attempt: logs/metrics.csv, then logs/resume-N/ for the N-th resume.
+    CSVLogger deletes the metrics.csv of its folder, so each resume gets its own and none is lost."""
+    if not resuming:
+        return ""
+    return f"resume-{len(list((run / 'logs').glob('resume-*'))) + 1}"
 
 
 def _write_left_out(path: Path, bad) -> None:
