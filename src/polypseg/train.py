@@ -52,6 +52,8 @@ def _quiet_lightning():
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+            # a run without a validation side says so on every epoch line ("no validation side")
+            warnings.filterwarnings("ignore", message=".*validation_step` but have no `val_dataloader.*")
             yield
     finally:
         for log, level in zip(loggers, levels):
