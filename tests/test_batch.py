@@ -27,7 +27,7 @@ from polypseg.batch import (
 )
 from polypseg.data import index_dataset, read_image
 from polypseg.errors import PolypsegError
-from polypseg.predict import Predictor
+from polypseg.predict import Predictor, resolve_model
 from polypseg.video import run_video, write_clip
 
 ray = pytest.importorskip("ray", reason="the batch tests need the [scale] extra (ray[data])")
@@ -126,7 +126,7 @@ def test_worker_stage_equals_the_video_pipeline(archive, model, tmp_path):
     source = archive / "exam-a.mp4"
     rows = list(decode_exam({"exam": "a", "source": str(source)}))
     *frames, end = rows
-    segmenter = FrameSegmenter(_model_files(model, "onnxruntime"), "onnxruntime", threads=1, threshold=None)
+    segmenter = FrameSegmenter(_model_files(model, "onnxruntime", "fp32"), "onnxruntime", threads=1, threshold=None)
     results = []
     for i in range(0, len(frames), 4):
         chunk = frames[i:i + 4] + ([end] if i + 4 >= len(frames) else [])
@@ -146,6 +146,24 @@ def test_worker_stage_equals_the_video_pipeline(archive, model, tmp_path):
     assert len(list((exams / "a" / "alerts").glob("*.jpg"))) == summary["alerts"]
     assert (exams / "a" / "overlay.mp4").stat().st_size > 0 and (exams / "a" / "timeline.png").stat().st_size > 0
     assert not list(exams.glob(".*.tmp"))  # the folder was renamed into place
+
+
+def test_the_real_time_model_runs_its_int8_file_unless_told_otherwise(archive, model, tmp_path):
+    """--precision auto (the default, as in `polypseg video`) sends the shipped int8 file to the workers;
+    fp32 sends none; a model without one runs fp32, and int8 asked of it fails before anything is written."""
+    weights = resolve_model("realtime")
+    files = _model_files(weights, "onnxruntime", "auto")
+    assert files["model.int8.onnx"] == weights.with_suffix(".int8.onnx").read_bytes() and "model.onnx" not in files
+    segmenter = FrameSegmenter(files, "onnxruntime", threads=1, threshold=None, precision="int8")
+    assert segmenter.predictor.runtime == "onnxruntime int8 (model.int8.onnx)"
+    assert "model.int8.onnx" not in _model_files(weights, "onnxruntime", "fp32")
+    assert set(_model_files(model, "onnxruntime", "auto")) == {"model.safetensors", "model.json", "model.onnx"}
+    with pytest.raises(PolypsegError, match=r"export --run .* --int8"):
+        _model_files(model, "onnxruntime", "int8")
+    with pytest.raises(PolypsegError, match="add --backend onnxruntime"):
+        run_batch([archive / "exam-a.mp4"], tmp_path / "out", checkpoint=model, backend="torch", precision="int8",
+                  show_progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_ray_says_how_to_install(archive, model, tmp_path, monkeypatch):
@@ -180,6 +198,7 @@ def test_two_nodes_both_work_and_match_one_process(archive, model, two_nodes, tm
     assert [e["exam"] for e in result.errors] == ["broken"]
     run = json.loads((out / "batch.json").read_text())
     assert len(run["frames_by_node"]) == 2 and all(n > 0 for n in run["frames_by_node"].values())
+    assert run["precision"] == "fp32"  # auto, and this model has no int8 file
     assert sum(run["frames_by_node"].values()) == 14 + 10 + 8 == result.frames
     predictor = Predictor(model, backend="onnxruntime", threads=1)
     for name, source in (("exam-a", "exam-a.mp4"), ("site-b/exam-b", "site-b/exam-b.mp4"), ("site-b/frames-c", "site-b/frames-c")):

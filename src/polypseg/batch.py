@@ -42,7 +42,7 @@ from .files import atomic_write_text, check_writable, csv_text
 from .model import load_checkpoint, read_checkpoint_meta
 from .predict import Predictor, frame_stats, resolve_model
 from .progress import progress_bar
-from .runtime import export_bytes, exported_from
+from .runtime import check_precision, export_bytes, exported_from, int8_session
 from .video import (
     CSV_FIELDS, VideoStats, draw_overlay, events_csv_text, jpeg_thumbnail, open_source, publish_folder,
     thumbnail_name, track_frame, video_summary, write_clip,
@@ -234,7 +234,8 @@ class FrameSegmenter:
     """map_batches callable class: the model, loaded once per actor from the checkpoint's bytes, with
     ``threads`` inference threads; frames of one size in a batch go through the network together."""
 
-    def __init__(self, model_files: dict[str, bytes], backend: str, threads: int, threshold: float | None):
+    def __init__(self, model_files: dict[str, bytes], backend: str, threads: int, threshold: float | None,
+                 precision: str = "fp32"):
         import cv2
         import ray
 
@@ -242,7 +243,8 @@ class FrameSegmenter:
         self.folder = Path(tempfile.mkdtemp(prefix="polypseg-batch-model-"))
         for name, data in model_files.items():
             (self.folder / name).write_bytes(data)
-        self.predictor = Predictor(self.folder / "model.safetensors", backend=backend, threads=threads)
+        self.predictor = Predictor(self.folder / "model.safetensors", backend=backend, threads=threads,
+                                   precision=precision)
         self.threshold = self.predictor.threshold if threshold is None else threshold
         self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
@@ -411,7 +413,7 @@ def _archive_html(rows: list[dict], errors: list[dict], settings: dict) -> str:
     alerts = sum(r["alerts"] for r in rows)
     head = (f"<p>{len(rows)} exam(s) done, {len(errors)} failed; {sum(r['frames'] for r in rows)} frames, "
             f"{minutes:.1f} min of video; {alerts} alert(s), {alerts / minutes if minutes else 0:.2f} per minute "
-            f"overall. Model {e(settings['model'])}, operating point {settings['operating_point']:.3f}; alert rule "
+            f"overall. Model {e(settings['model'])} ({e(settings['backend'])} {e(settings['precision'])}), operating point {settings['operating_point']:.3f}; alert rule "
             f"{e(json.dumps(settings['rule']))}.</p>")
     lines = []
     for r in sorted(rows, key=lambda r: (-r["alerts_per_minute"], r["exam"])):
@@ -442,11 +444,14 @@ shaded amber. The picture: the first alert's peak frame.</p>
 # the command
 
 
-def _model_files(weights: Path, backend: str) -> dict[str, bytes]:
+def _model_files(weights: Path, backend: str, precision: str) -> dict[str, bytes]:
     """The checkpoint's files, sent to every worker through Ray's object store (no shared disk needed);
-    for ONNX Runtime also its ONNX file, exported here once rather than by each worker."""
+    for ONNX Runtime also the ONNX file it runs: by ``precision`` the int8 file beside the checkpoint,
+    else the fp32 one beside it or exported here once rather than by each worker."""
     files = {"model.safetensors": weights.read_bytes(), "model.json": weights.with_suffix(".json").read_bytes()}
-    if backend == "onnxruntime":
+    if backend == "onnxruntime" and int8_session(weights, precision) is not None:
+        files["model.int8.onnx"] = weights.with_suffix(".int8.onnx").read_bytes()
+    elif backend == "onnxruntime":
         beside = weights.with_suffix(".onnx")
         if exported_from(weights, beside) is not None:
             files["model.onnx"] = beside.read_bytes()
@@ -490,6 +495,7 @@ def run_batch(
     out: str | Path,
     checkpoint: str | Path | None = None,
     backend: str = "onnxruntime",
+    precision: str = "auto",
     address: str | None = None,
     workers: int | None = None,
     threads: int | None = None,
@@ -509,8 +515,11 @@ def run_batch(
 
     ``address``: a Ray cluster to join (default: start one here with ``num_cpus``, default every core).
     ``workers``: model actors (default: the cluster's CPUs / ``threads``); ``threads``: inference threads
-    per actor (default 1). Exams already done in ``out`` are skipped.
+    per actor (default 1). ``precision`` (onnxruntime): ``auto`` runs the int8 file beside the checkpoint
+    where there is one (the real-time model ships one), as ``polypseg video`` does. Exams already done in
+    ``out`` are skipped.
     """
+    check_precision(backend, precision)
     if batch_size < 1:
         raise PolypsegError(f"--batch-size must be 1 or more, got {batch_size}.")
     for name, value in (("--workers", workers), ("--threads", threads)):
@@ -536,7 +545,7 @@ def run_batch(
     logfile = out / "batch.log"
     _append_log(logfile, f"start: {len(exams)} exam(s), {len(result.skipped)} already done, {len(todo)} to do")
     threads = threads or 1
-    settings = {"model": str(weights), "backend": backend, "operating_point": cfg.operating_point,
+    settings = {"model": str(weights), "backend": backend, "precision": precision, "operating_point": cfg.operating_point,
                 "threshold": cfg.decision_threshold if threshold is None else threshold, "rule": rule.as_dict(),
                 "address": address, "batch_size": batch_size, "threads_per_worker": threads, "overlay": overlay}
     start = time.perf_counter()
@@ -546,7 +555,9 @@ def run_batch(
             if workers is None:
                 workers = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
             settings["workers"] = workers
-            _run(ray, todo, result, settings, rule, _model_files(weights, backend), exams_dir, logfile, fps, show_progress)
+            files = _model_files(weights, backend, precision)
+            settings["precision"] = "int8" if "model.int8.onnx" in files else "fp32"  # what ran, auto resolved
+            _run(ray, todo, result, settings, rule, files, exams_dir, logfile, fps, show_progress)
         finally:
             if started:
                 ray.shutdown()
@@ -597,7 +608,8 @@ def _run(ray, todo: list[Exam], result: BatchResult, settings: dict, rule: Alert
     ds = ds.map_batches(
         FrameSegmenter, batch_size=None, batch_format="numpy",
         fn_constructor_kwargs={"model_files": model_files, "backend": settings["backend"],
-                               "threads": settings["threads_per_worker"], "threshold": settings["threshold"]},
+                               "threads": settings["threads_per_worker"], "threshold": settings["threshold"],
+                               "precision": settings["precision"]},
         compute=ray.data.ActorPoolStrategy(size=settings["workers"], max_tasks_in_flight_per_actor=1),
         num_cpus=settings["threads_per_worker"],
     )

@@ -262,7 +262,8 @@ def _batch(args) -> int:
     from .batch import run_batch
 
     result = run_batch(
-        args.inputs, args.output, checkpoint=args.run, backend=args.backend, address=args.address,
+        args.inputs, args.output, checkpoint=args.run, backend=args.backend, precision=args.precision,
+        address=args.address,
         workers=args.workers, threads=args.threads, batch_size=args.batch_size, overlay=args.overlay,
         rule=_alert_rule(args), fps=args.fps, show_progress=not args.no_progress, num_cpus=args.num_cpus,
     )
@@ -357,11 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
     t.set_defaults(func=_train)
 
-    def runtime_flags(q, backend: str = "torch", precision: str = "fp32"):
+    def runtime_flags(q, backend: str = "torch", precision: str = "fp32", onnx_file: bool = True):
         q.add_argument("--backend", default=backend, choices=["torch", "onnxruntime"],
                        help=f"inference runtime (default {backend})")
-        q.add_argument("--onnx", metavar="FILE", help="ONNX file for --backend onnxruntime, e.g. RUN/best.int8.onnx "
-                       "(default: RUN/best.onnx from `polypseg export`, else exported in memory)")
+        if onnx_file:
+            q.add_argument("--onnx", metavar="FILE", help="ONNX file for --backend onnxruntime, e.g. "
+                           "RUN/best.int8.onnx (default: RUN/best.onnx from `polypseg export`, else exported in memory)")
         q.add_argument("--precision", default=precision, choices=["fp32", "int8", "auto"],
                        help="onnxruntime: int8 runs the int8 file beside the checkpoint (`polypseg export --int8`; "
                        f"the realtime model ships one), auto runs it where there is one (default {precision})")
@@ -452,8 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "video files, or a .txt list of them (one per line)")
     bt.add_argument("-o", "--output", required=True, help="output folder (a rerun skips the exams done there)")
     bt.add_argument("--run", help="run folder, checkpoint, or a shipped model by name (default: realtime, the shipped real-time model)")
-    bt.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"],
-                    help="inference runtime of each worker (default onnxruntime)")
+    runtime_flags(bt, "onnxruntime", "auto", onnx_file=False)
     bt.add_argument("--address", help="join this Ray cluster (e.g. 10.0.0.5:6379, or auto); default: start Ray here")
     bt.add_argument("--workers", type=int, help="model workers (Ray actors; default: the cluster's CPUs / --threads)")
     bt.add_argument("--threads", type=int, help="inference threads per worker (default 1)")

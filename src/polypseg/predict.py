@@ -22,7 +22,7 @@ from .errors import PolypsegError
 from .files import atomic_write, atomic_write_text, check_writable, csv_text
 from .model import resolve_checkpoint
 from .progress import progress
-from .runtime import BACKENDS, PRECISIONS, onnx_backend, torch_backend, torch_device
+from .runtime import check_precision, onnx_backend, torch_backend, torch_device
 from .transforms import from_output, to_input
 from .viz import overlay
 
@@ -125,18 +125,13 @@ class Predictor:
         spin: bool | None = None,
         precision: str = "fp32",
     ):
-        if backend not in BACKENDS:
-            raise PolypsegError(f"Unknown backend '{backend}'. Valid: {', '.join(BACKENDS)}.")
-        if precision not in PRECISIONS:
-            raise PolypsegError(f"Unknown precision '{precision}'. Valid: {', '.join(PRECISIONS)}.")
+        check_precision(backend, precision)
         self.backend = backend
         self.tta = tta
         self.device = torch_device(device)
         if backend == "torch":
             if onnx_path is not None:
                 raise PolypsegError("An ONNX file runs with --backend onnxruntime, not torch.")
-            if precision == "int8":
-                raise PolypsegError("int8 runs on ONNX Runtime: add --backend onnxruntime.")
             self.checkpoint: Path | None = resolve_model(checkpoint)
             self.runner, self.config = torch_backend(self.checkpoint, device, threads)
         else:

@@ -319,16 +319,8 @@ def onnx_backend(
     else:
         if weights is None:
             raise PolypsegError("The onnxruntime backend needs a checkpoint or an ONNX file (--onnx).")
-        onnx_path, session = None, None
-        int8 = weights.with_suffix(".int8.onnx")
-        if precision != "fp32":
-            session = exported_from(weights, int8, device, threads, spin)
-            if session is None and precision == "int8":
-                raise PolypsegError(
-                    f"There is no int8 file exported from {weights} ({int8} is missing or from other weights). "
-                    f"Write it with `polypseg export --run {weights} --int8`, or use --precision fp32."
-                )
-            onnx_path = int8 if session is not None else None
+        session = int8_session(weights, precision, device, threads, spin)
+        onnx_path = weights.with_suffix(".int8.onnx") if session is not None else None
         if session is None:
             fp32 = weights.with_suffix(".onnx")
             session = exported_from(weights, fp32, device, threads, spin)
@@ -338,6 +330,33 @@ def onnx_backend(
             session = ort_session(export_bytes(model, cfg, weights), device, threads, spin)
     cfg = Config.from_dict(json.loads(onnx_metadata(session)[ONNX_CONFIG_KEY]))
     return OnnxBackend(session, onnx_path), cfg
+
+
+def check_precision(backend: str, precision: str) -> None:
+    """A clear error for an unknown backend or precision, or int8 asked of torch."""
+    if backend not in BACKENDS:
+        raise PolypsegError(f"Unknown backend '{backend}'. Valid: {', '.join(BACKENDS)}.")
+    if precision not in PRECISIONS:
+        raise PolypsegError(f"Unknown precision '{precision}'. Valid: {', '.join(PRECISIONS)}.")
+    if backend == "torch" and precision == "int8":
+        raise PolypsegError("int8 runs on ONNX Runtime: add --backend onnxruntime.")
+
+
+def int8_session(weights: Path, precision: str, device: str = "cpu", threads: int | None = None,
+                 spin: bool | None = None):
+    """For ``precision`` int8 or auto, a session of the ``.int8.onnx`` beside ``weights`` when it was
+    exported from them; None for fp32, or auto without one; int8 without one is an error saying how to
+    write it."""
+    if precision == "fp32":
+        return None
+    int8 = weights.with_suffix(".int8.onnx")
+    session = exported_from(weights, int8, device, threads, spin)
+    if session is None and precision == "int8":
+        raise PolypsegError(
+            f"There is no int8 file exported from {weights} ({int8} is missing or from other weights). "
+            f"Write it with `polypseg export --run {weights} --int8`, or use --precision fp32."
+        )
+    return session
 
 
 def exported_from(weights: Path, path: Path, device: str = "cpu", threads: int | None = None,
