@@ -10,14 +10,13 @@ import onnx
 import pytest
 import torch
 
-from polypseg.data import read_image
+from polypseg import metrics, runtime
+from polypseg.data import load_pair, read_image
 from polypseg.errors import PolypsegError
-from polypseg import metrics
-from polypseg.data import load_pair
 from polypseg.export import compare_int8, export_onnx, side_pairs, spread
 from polypseg.model import build_model, load_checkpoint, save_checkpoint
 from polypseg.predict import Predictor, resolve_model
-from polypseg.runtime import ONNX_SHA256_KEY, file_sha256, onnx_metadata, ort_session
+from polypseg.runtime import ONNX_SHA256_KEY, file_sha256, int8_caveat, onnx_metadata, ort_session
 from polypseg.transforms import to_input
 
 TOL = 1e-3
@@ -178,7 +177,16 @@ def test_output_head_is_from_the_last_convolution_to_the_outputs():
     assert sorted(output_head(helper.make_model(graph))) == ["head_conv", "scales", "sigmoid", "up"]
 
 
-def test_precision_picks_the_int8_file_beside_the_checkpoint(tiny_checkpoint, data_dir, frames):
+def test_int8_caveat_reads_the_cpu():
+    x86 = {"architecture": "x86_64", "avx2": True, "avx512_f": True}
+    assert "no VNNI" in int8_caveat(x86)
+    for vnni in ("avx512_vnni", "avx_vnni", "amx_int8"):
+        assert int8_caveat({**x86, vnni: True}) is None
+    assert int8_caveat({"architecture": "aarch64", "neon": True, "dot": True}) is None
+
+
+def test_precision_picks_the_int8_file_beside_the_checkpoint(tiny_checkpoint, data_dir, frames, monkeypatch):
+    monkeypatch.setattr(runtime, "int8_caveat", lambda capabilities=None: None)  # a CPU with VNNI
     export_onnx(tiny_checkpoint, int8=True, check_frames=1, calibration_frames=2, compare_frames=2, data=data_dir,
                 verbose=False)
     for precision, name in (("int8", "best.int8.onnx"), ("auto", "best.int8.onnx"), ("fp32", "best.onnx")):
@@ -191,6 +199,12 @@ def test_precision_picks_the_int8_file_beside_the_checkpoint(tiny_checkpoint, da
         Predictor(tiny_checkpoint, precision="int8")
     with pytest.raises(PolypsegError, match="Unknown precision"):
         Predictor(tiny_checkpoint, backend="onnxruntime", precision="fp16")
+    # on an x86 CPU without VNNI, auto runs fp32 and says why; int8 asked for still runs
+    monkeypatch.setattr(runtime, "int8_caveat", lambda capabilities=None: "no VNNI here")
+    auto = Predictor(tiny_checkpoint, backend="onnxruntime", precision="auto")
+    assert (auto.onnx_path.name, auto.precision) == ("best.onnx", "fp32")
+    assert auto.runtime == "onnxruntime (best.onnx; best.int8.onnx not run: no VNNI here (--precision int8 runs it))"
+    assert Predictor(tiny_checkpoint, backend="onnxruntime", precision="int8").precision == "int8"
     (tiny_checkpoint / "best.int8.onnx").unlink()
     (tiny_checkpoint / "best.onnx").unlink()
     auto = Predictor(tiny_checkpoint, backend="onnxruntime", precision="auto")

@@ -152,7 +152,8 @@ class Predictor:
         if self.backend == "torch":
             return "torch"
         where = self.onnx_path.name if self.onnx_path is not None else "exported in memory"
-        return f"onnxruntime{' int8' if self.precision == 'int8' else ''} ({where})"
+        skipped = f"; {self.runner.skipped}" if self.runner.skipped else ""
+        return f"onnxruntime{' int8' if self.precision == 'int8' else ''} ({where}{skipped})"
 
     @property
     def session(self):

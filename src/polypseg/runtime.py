@@ -22,7 +22,7 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -264,8 +264,9 @@ class OnnxBackend:
     name = "onnxruntime"
     model = None
 
-    def __init__(self, session, path: Path | None = None):
+    def __init__(self, session, path: Path | None = None, skipped: str | None = None):
         self.session, self.path = session, path  # path: the file it runs; None: exported in memory
+        self.skipped = skipped  # why an int8 file beside the checkpoint was not run by --precision auto
         self.input_name = session.get_inputs()[0].name
 
     @property
@@ -294,9 +295,11 @@ def onnx_backend(
     have been exported from them). Else, by ``precision``: ``fp32``, the ``.onnx`` beside ``weights`` when
     it was exported from these weights, else ``weights`` exported in memory (a few seconds; `polypseg
     export` saves that time); ``int8``, the ``.int8.onnx`` beside ``weights`` (`polypseg export --int8`;
-    the real-time model ships one); ``auto``, that int8 file when there is one from these weights, else fp32.
+    the real-time model ships one); ``auto``, that int8 file when there is one from these weights and
+    ``int8_caveat`` finds nothing against this CPU (else the backend's ``skipped`` says why), else fp32.
     """
     torch_device(device)  # a wrong device fails here, before any export
+    skipped = None
     if onnx_path is not None:
         if precision == "int8":
             raise PolypsegError("--precision int8 runs the int8 file beside the checkpoint; an --onnx file is run "
@@ -320,7 +323,11 @@ def onnx_backend(
         if weights is None:
             raise PolypsegError("The onnxruntime backend needs a checkpoint or an ONNX file (--onnx).")
         session = int8_session(weights, precision, device, threads, spin)
-        onnx_path = weights.with_suffix(".int8.onnx") if session is not None else None
+        int8 = weights.with_suffix(".int8.onnx")
+        onnx_path = int8 if session is not None else None
+        caveat = int8_caveat() if precision == "auto" and device == "cpu" and int8.is_file() else None
+        if caveat is not None:
+            skipped = f"{int8.name} not run: {caveat} (--precision int8 runs it)"
         if session is None:
             fp32 = weights.with_suffix(".onnx")
             session = exported_from(weights, fp32, device, threads, spin)
@@ -329,7 +336,7 @@ def onnx_backend(
             model, cfg = load_checkpoint(weights)
             session = ort_session(export_bytes(model, cfg, weights), device, threads, spin)
     cfg = Config.from_dict(json.loads(onnx_metadata(session)[ONNX_CONFIG_KEY]))
-    return OnnxBackend(session, onnx_path), cfg
+    return OnnxBackend(session, onnx_path, skipped), cfg
 
 
 def check_precision(backend: str, precision: str) -> None:
@@ -342,12 +349,26 @@ def check_precision(backend: str, precision: str) -> None:
         raise PolypsegError("int8 runs on ONNX Runtime: add --backend onnxruntime.")
 
 
+def int8_caveat(capabilities: Mapping | None = None) -> str | None:
+    """Why int8 files should not run by default on this CPU (``torch.cpu.get_capabilities()``), or None.
+
+    On x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels multiply pairs of 8-bit values into 16 bits
+    and can saturate (its quantisation docs; docs/speed.md); polypseg's int8 files were checked against
+    fp32 only on a CPU with AVX512-VNNI. ARM and other CPUs have no such known failure."""
+    caps = torch.cpu.get_capabilities() if capabilities is None else capabilities
+    if str(caps.get("architecture", "")).lower() not in ("x86_64", "x86", "amd64", "i386", "i686"):
+        return None
+    if any(caps.get(k, False) for k in ("avx512_vnni", "avx_vnni", "amx_int8")):
+        return None
+    return "this x86 CPU has no VNNI, where 8-bit kernels can saturate and int8 was not checked"
+
+
 def int8_session(weights: Path, precision: str, device: str = "cpu", threads: int | None = None,
                  spin: bool | None = None):
     """For ``precision`` int8 or auto, a session of the ``.int8.onnx`` beside ``weights`` when it was
-    exported from them; None for fp32, or auto without one; int8 without one is an error saying how to
-    write it."""
-    if precision == "fp32":
+    exported from them; None for fp32, or auto without one or on a CPU ``int8_caveat`` warns of; int8
+    without one is an error saying how to write it."""
+    if precision == "fp32" or (precision == "auto" and device == "cpu" and int8_caveat() is not None):
         return None
     int8 = weights.with_suffix(".int8.onnx")
     session = exported_from(weights, int8, device, threads, spin)

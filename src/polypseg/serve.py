@@ -426,6 +426,7 @@ def model_info(predictor) -> dict[str, Any]:
         "backend": getattr(predictor, "backend", None),
         "onnx": getattr(getattr(predictor, "onnx_path", None), "name", None),  # e.g. best.int8.onnx
         "precision": getattr(predictor, "precision", None),
+        "runtime": getattr(predictor, "runtime", None),  # what runs the frames, and any int8 file not run
         "device": str(getattr(predictor, "device", "")),
         "version": __version__,
         "intended_use": RESEARCH_NOTE,

@@ -26,7 +26,7 @@ for (const tab of document.querySelectorAll(".tab")) {
 
 api("/api/v1/model").then((m) => {
   $("model").textContent = `${m.name}: ${m.architecture}, input ${m.input.join("x")}, threshold ${m.threshold}` +
-    ` (${m.backend}${m.onnx ? " " + m.onnx : ""} on ${m.device}). Trained on ${m.training_data}.`;
+    ` (${m.runtime || m.backend} on ${m.device}). Trained on ${m.training_data}.`;
   setThreshold(m.threshold);
 }).catch((err) => { $("model").textContent = `model: ${err.message}`; });
 
