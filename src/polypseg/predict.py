@@ -61,7 +61,7 @@ def format_models_table() -> str:
     from .progress import text_table
 
     rows = [["name", "network", "input", "verdict (polyp score >= operating point)", "test mDice (per image)",
-             "int8 file (video, serve)", "card"]]
+             "int8 file (video, serve, batch)", "card"]]
     for name, weights in shipped_models().items():
         meta = read_checkpoint_meta(weights)
         cfg, metrics = meta["config"], meta.get("metrics", {})
