@@ -413,8 +413,8 @@ def _archive_html(rows: list[dict], errors: list[dict], settings: dict) -> str:
     alerts = sum(r["alerts"] for r in rows)
     head = (f"<p>{len(rows)} exam(s) done, {len(errors)} failed; {sum(r['frames'] for r in rows)} frames, "
             f"{minutes:.1f} min of video; {alerts} alert(s), {alerts / minutes if minutes else 0:.2f} per minute "
-            f"overall. Model {e(settings['model'])} ({e(settings['backend'])} {e(settings['precision'])}), operating point {settings['operating_point']:.3f}; alert rule "
-            f"{e(json.dumps(settings['rule']))}.</p>")
+            f"overall. Model {e(settings['model'])} ({e(settings['backend'])} {e(settings['precision'])}), "
+            f"operating point {settings['operating_point']:.3f}; alert rule {e(json.dumps(settings['rule']))}.</p>")
     lines = []
     for r in sorted(rows, key=lambda r: (-r["alerts_per_minute"], r["exam"])):
         link = e(f"exams/{r['exam']}")
