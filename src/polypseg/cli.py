@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "RUN/best.int8.onnx (default: RUN/best.onnx from `polypseg export`, else exported in memory)")
         q.add_argument("--precision", default=precision, choices=["fp32", "int8", "auto"],
                        help="onnxruntime: int8 runs the int8 file beside the checkpoint (`polypseg export --int8`; "
-                       f"the realtime model ships one), auto runs it where there is one (default {precision})")
+                       f"the realtime model ships one), auto runs it where there is one, on x86 only with VNNI (default {precision})")
 
     def eval_flags(q, run_required=True):
         q.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
