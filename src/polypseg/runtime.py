@@ -325,8 +325,8 @@ def onnx_backend(
         session = int8_session(weights, precision, device, threads, spin)
         int8 = weights.with_suffix(".int8.onnx")
         onnx_path = int8 if session is not None else None
-        caveat = int8_caveat() if precision == "auto" and device == "cpu" and int8.is_file() else None
-        if caveat is not None:
+        caveat = _auto_caveat(precision, device)
+        if caveat is not None and int8.is_file():
             skipped = f"{int8.name} not run: {caveat} (--precision int8 runs it)"
         if session is None:
             fp32 = weights.with_suffix(".onnx")
@@ -363,12 +363,17 @@ def int8_caveat(capabilities: Mapping | None = None) -> str | None:
     return "this x86 CPU has no VNNI, where 8-bit kernels can saturate and int8 was not checked"
 
 
+def _auto_caveat(precision: str, device: str) -> str | None:
+    """``int8_caveat`` where it decides: ``--precision auto`` on the CPU."""
+    return int8_caveat() if precision == "auto" and device == "cpu" else None
+
+
 def int8_session(weights: Path, precision: str, device: str = "cpu", threads: int | None = None,
                  spin: bool | None = None):
     """For ``precision`` int8 or auto, a session of the ``.int8.onnx`` beside ``weights`` when it was
     exported from them; None for fp32, or auto without one or on a CPU ``int8_caveat`` warns of; int8
     without one is an error saying how to write it."""
-    if precision == "fp32" or (precision == "auto" and device == "cpu" and int8_caveat() is not None):
+    if precision == "fp32" or _auto_caveat(precision, device) is not None:
         return None
     int8 = weights.with_suffix(".int8.onnx")
     session = exported_from(weights, int8, device, threads, spin)
