@@ -39,7 +39,7 @@ import numpy as np
 
 from polypseg import Predictor
 from polypseg.alerts import DEFAULT_ONSET_MS, DEFAULT_RELEASE_MS, DEFAULT_SMOOTHING_MS, AlertRule, summary, track
-from polypseg.data import read_image
+from polypseg.media import read_image
 from polypseg.predict import resolve_model
 from polypseg.progress import progress, text_table
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 from polypseg import Predictor
 from polypseg.batch import run_batch
-from polypseg.data import folder_images, read_image
+from polypseg.media import folder_images, read_image
 from polypseg.progress import text_table
-from polypseg.video import run_video, write_clip
+from polypseg.video import run_video
+from polypseg.media import write_clip
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -238,7 +238,7 @@ def main() -> None:
     jpegs = [cv2.imencode(".jpg", cv2.imread(str(f)), [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes() for f in files]
     tally = Tally()
     with tempfile.TemporaryDirectory(prefix="polypseg-soak-") as tmp:
-        from polypseg.video import write_clip
+        from polypseg.media import write_clip
 
         rgb = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files[:12]]
         clip = write_clip(rgb, Path(tmp) / "clip.mp4").read_bytes()

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The GPU run (issue 17): install what is missing, train the `accurate-gpu` recipe at its full size, evaluate it
-# on the PraNet test sets, and time every model on the GPU (torch eager fp32 / fp16 autocast and ONNX
-# Runtime's CUDA provider, batch 1 and 16), all into one results folder. About 8 minutes on one H200.
+# The GPU run (issues 17 and 31): install what is missing, train both models from ImageNet weights with the
+# quiet-at-every-hospital recipe (`realtime-hospitals-gpu`: Lite0 224x288, 48 epochs; `accurate-hospitals-gpu`:
+# Lite2 352x448, 40 epochs; polyp-free frames of every hospital with masks, hospital artefacts as augmentation,
+# the logit verdict), evaluate them on the PraNet test sets and polypgen-centre-a, and time every model on the
+# GPU (torch eager fp32 / fp16 autocast and ONNX Runtime's CUDA provider, batch 1 and 16), all into one
+# results folder. About 8-10 minutes on one H200 (each recipe about 3.5 minutes, bound by data loading).
 #
 #   scripts/gpu.sh [-o OUT] [--epochs N]   on a machine with a CUDA GPU (default OUT: gpu-results)
 #   scripts/gpu.sh --smoke -o OUT          every step end to end on the CPU with a tiny model (CI)
 #
 # Environment: PYTHON (default .venv/bin/python, else python3); WHEELS, a folder of wheels to install
 # offline (pip --no-index --find-links); POLYPSEG_DATA, the data folder (default ../shared/data, with
-# cvc-clinicdb/ and kvasir-seg/). OUT appears only when every step has finished (OUT.partial until then,
+# cvc-clinicdb/, kvasir-seg/, hyperkvasir-negatives/ and, for the check, polypgen-centre-a/). OUT appears only when every step has finished (OUT.partial until then,
 # with gpu.log); a failed step stops the script with its exit status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,22 +49,31 @@ fi
 step "$py" -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else ''); print('onnxruntime', o.__version__, o.get_available_providers())"
 
-# 2. The accurate-gpu recipe at its full size (smoke: a tiny random network, two batches, on CVC-ClinicDB alone).
+# 2. Both recipes at their full size (smoke: a tiny random network, two batches, on CVC-ClinicDB alone).
+neg=(--negatives "$data/hyperkvasir-negatives")
 if [ "$smoke" = 1 ]; then
-  recipe=(--preset accurate-gpu --data "$data/cvc-clinicdb" --encoder tu-test_efficientnet --encoder-weights none
-          --height 64 --width 96 --batch-size 2 --epochs 1 --limit-batches 2 --num-workers 0 --accelerator cpu)
+  tiny=(--data "$data/cvc-clinicdb" --encoder tu-test_efficientnet --encoder-weights none --height 64 --width 96
+        --batch-size 2 --epochs 1 --limit-batches 2 --num-workers 0 --accelerator cpu)
+  realtime=(--preset realtime-hospitals-gpu "${tiny[@]}" "${neg[@]}")
+  accurate=(--preset accurate-hospitals-gpu "${tiny[@]}" "${neg[@]}")
   sets=(--test-set "$data/cvc-clinicdb:test")
   timing=(--device cpu --batch 1 2 --iterations 2 --warmup 1)
 else
-  recipe=(--preset accurate-gpu --data "$data/cvc-clinicdb" --data "$data/kvasir-seg" ${epochs:+--epochs "$epochs"})
+  both=(--data "$data/cvc-clinicdb" --data "$data/kvasir-seg" "${neg[@]}" ${epochs:+--epochs "$epochs"})
+  realtime=(--preset realtime-hospitals-gpu "${both[@]}")
+  accurate=(--preset accurate-hospitals-gpu "${both[@]}")
   sets=(--test-set "$data/cvc-clinicdb:test" --test-set "$data/kvasir-seg:test")
+  [ -d "$data/polypgen-centre-a" ] && sets+=(--test-set "$data/polypgen-centre-a")
   timing=(--device cuda --batch 1 16)
 fi
-step "$py" -m polypseg train "${recipe[@]}" -o "$tmp/accurate-gpu"
-step "$py" -m polypseg evaluate --run "$tmp/accurate-gpu" "${sets[@]}" -o "$tmp/accurate-gpu-eval"
+for name in realtime accurate; do
+  declare -n recipe="$name"
+  step "$py" -m polypseg train "${recipe[@]}" -o "$tmp/$name-gpu"
+  step "$py" -m polypseg evaluate --run "$tmp/$name-gpu" "${sets[@]}" -o "$tmp/$name-gpu-eval"
+done
 
-# 3. Every model timed on the device: the shipped ones and the one just trained.
-step "$py" benchmarks/bench_models.py realtime accurate "$tmp/accurate-gpu" "${timing[@]}" -o "$tmp"
+# 3. Every model timed on the device: the shipped ones and the two just trained.
+step "$py" benchmarks/bench_models.py realtime accurate "$tmp/realtime-gpu" "$tmp/accurate-gpu" "${timing[@]}" -o "$tmp"
 
 log "done: results in $out"
 mv "$tmp" "$out"

@@ -24,7 +24,8 @@ from sklearn.preprocessing import StandardScaler
 
 from polypseg.config import from_preset
 from polypseg.crop import picture
-from polypseg.data import index_dataset, read_image
+from polypseg.data import index_dataset
+from polypseg.media import read_image
 from polypseg.metrics import operating_point_for, roc_auc
 from polypseg.model import load_checkpoint
 from polypseg.predict import DEFAULT_MODEL

@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from polypseg.config import DEFAULT_DATA, HYPERKVASIR_NEGATIVES, KVASIR_DATA
-from polypseg.data import index_dataset, read_image
+from polypseg.data import index_dataset
+from polypseg.media import read_image
 from polypseg.metrics import operating_point_for, roc_auc
 from polypseg.predict import DEFAULT_MODEL, Predictor
 from polypseg.progress import progress, text_table

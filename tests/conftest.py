@@ -49,3 +49,21 @@ def tiny_checkpoint(tmp_path, tiny_config) -> Path:
     save_checkpoint(build_model(tiny_config), tiny_config, run / "best", epoch=0, metrics={})
     tiny_config.save(run / "config.json")
     return run
+
+
+@pytest.fixture(scope="session")
+def rotated_jpeg(data_dir, tmp_path_factory) -> Path:
+    """CVC-ClinicDB frame 322 (384 wide, 288 high) as a camera stores a picture taken sideways: the pixels
+    turned 90 degrees counter-clockwise (288 wide, 384 high) and EXIF Orientation 6 ("turn 90 degrees
+    clockwise to show"), so that viewers and browsers show the upright 384x288 frame."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("exif") / "322-sideways.jpg"
+    with Image.open(data_dir / "images" / "322.png") as upright:
+        stored = upright.convert("RGB").transpose(Image.Transpose.ROTATE_90)  # counter-clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    stored.save(path, quality=95, exif=exif)
+    with Image.open(path) as check:  # what a reader that ignores EXIF would see
+        assert check.size == (288, 384) and check.getexif()[0x0112] == 6
+    return path

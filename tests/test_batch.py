@@ -25,10 +25,12 @@ from polypseg.batch import (
     ARCHIVE_FIELDS, DONE, ERROR_FIELDS, Exam, FrameSegmenter, _model_files, decode_exam, find_exams, run_batch,
     write_exam,
 )
-from polypseg.data import index_dataset, read_image
+from polypseg.data import index_dataset
+from polypseg.media import read_image
 from polypseg.errors import PolypsegError
 from polypseg.predict import Predictor, resolve_model
-from polypseg.video import run_video, write_clip
+from polypseg.video import run_video
+from polypseg.media import write_clip
 
 ray = pytest.importorskip("ray", reason="the batch tests need the [scale] extra (ray[data])")
 
@@ -82,7 +84,7 @@ def _same_frames(batch_csv: Path, video_csv: Path) -> None:
     a, b = _csv(batch_csv), _csv(video_csv)
     assert len(a) == len(b) > 0
     for x, y in zip(a, b):
-        for k in ("frame", "time_ms", "polyp_present", "alert"):
+        for k in ("frame", "time_ms", "polyp_present", "alert", "outlined"):
             assert x[k] == y[k], (k, x, y)
         for k in ("polyp_score", "area_fraction", "smoothed_score"):
             assert abs(float(x[k]) - float(y[k])) <= 2e-5, (k, x, y)
@@ -136,12 +138,16 @@ def test_worker_stage_equals_the_video_pipeline(archive, model, tmp_path):
         results += [{k: out[k][j] for k in out} for j in range(len(chunk)) if out["kind"][j] == "frame"]
     rule = AlertRule(onset_ms=80, release_ms=80).resolved(segmenter.predictor.operating_point)
     exams = tmp_path / "exams"
-    summary = write_exam(Exam("a", str(source)), results, {"frames": 14, "skipped": 0, "fps": 25.0}, rule,
-                         segmenter.predictor.operating_point, exams, overlay=True)
+    summary = write_exam(Exam("a", str(source)), results, {"frames": 14, "skipped": 0, "fps": 25.0}, rule, exams,
+                         overlay=True)
     video = run_video(source, Predictor(model, backend="onnxruntime", threads=1), tmp_path / "v.mp4",
                       show_progress=False, alerts=rule)
-    _same_frames(exams / "a" / "frames.csv", tmp_path / "v.csv")
+    _same_frames(exams / "a" / "frames.csv", tmp_path / "v.frames.csv")
     assert summary["alerts"] == video.summary["alerts"]
+    # one meaning per name (issue 32): the clip's frame rate by its timestamps, as `polypseg video` says it;
+    # how fast frames were processed is not known per exam on a pool of workers
+    assert summary["source_fps"] == video.summary["source_fps"] == 25 and "fps" not in summary
+    assert summary["processing_fps"] is None and video.summary["processing_fps"] > 0
     assert (exams / "a" / "events.csv").read_text() == (tmp_path / "v.events.csv").read_text().replace("v.alerts/", "alerts/")
     assert len(list((exams / "a" / "alerts").glob("*.jpg"))) == summary["alerts"]
     assert (exams / "a" / "overlay.mp4").stat().st_size > 0 and (exams / "a" / "timeline.png").stat().st_size > 0
@@ -208,8 +214,8 @@ def test_two_nodes_both_work_and_match_one_process(archive, model, two_nodes, tm
     for name, source in (("exam-a", "exam-a.mp4"), ("site-b/exam-b", "site-b/exam-b.mp4"), ("site-b/frames-c", "site-b/frames-c")):
         video = tmp_path / "one" / name / "v.mp4"
         run_video(archive / source, predictor, video, show_progress=False)
-        _same_frames(out / "exams" / name / "frames.csv", video.with_suffix(".csv"))
-        assert json.loads((out / "exams" / name / DONE).read_text())["frames"] == len(_csv(video.with_suffix(".csv")))
+        _same_frames(out / "exams" / name / "frames.csv", video.with_suffix(".frames.csv"))
+        assert json.loads((out / "exams" / name / DONE).read_text())["frames"] == len(_csv(video.with_suffix(".frames.csv")))
     errors = _csv(out / "errors.csv")
     assert list(errors[0]) == list(ERROR_FIELDS) and "Cannot open the video" in errors[0]["reason"]
     archive_rows = _csv(out / "archive.csv")
@@ -230,7 +236,7 @@ def test_two_nodes_both_work_and_match_one_process(archive, model, two_nodes, tm
     assert not list((out / "exams").rglob(".*.tmp"))
     assert len(_csv(out / "archive.csv")) == 3
     _same_frames(out / "exams" / "site-b" / "frames-c" / "frames.csv",
-                 tmp_path / "one" / "site-b" / "frames-c" / "v.csv")
+                 tmp_path / "one" / "site-b" / "frames-c" / "v.frames.csv")
 
 
 def _segmenter_pids() -> list[int]:

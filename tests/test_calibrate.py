@@ -14,7 +14,7 @@ import pytest
 from polypseg import metrics
 from polypseg.calibration import calibrate
 from polypseg.cli import main
-from polypseg.data import read_image
+from polypseg.media import read_image
 from polypseg.errors import PolypsegError
 from polypseg.evaluate import evaluate_sets
 from polypseg.predict import Predictor
@@ -64,7 +64,7 @@ def test_calibrated_checkpoint_holds_the_point_and_the_same_weights(tiny_checkpo
     calibrated = Predictor(out)
     assert scores[2] < calibrated.operating_point <= scores[3]
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["config"]["verdict_threshold"] == calibrated.operating_point
+    assert meta["config"]["operating_point"] == calibrated.operating_point
     assert meta["metrics"]["operating_point_from"] == "polyp-free frames"
     assert (meta["metrics"]["operating_point_frames"], meta["metrics"]["operating_point_flagged"]) == (6, 3)
     # evaluation on the same frames says where the point came from and reproduces the 50%
@@ -82,6 +82,15 @@ def test_a_run_folder_is_updated_in_place(tiny_checkpoint, negatives_dir):
     assert calibrate(tiny_checkpoint, negatives=[str(negatives_dir)], specificity=0.5) == tiny_checkpoint
     points = {Predictor(tiny_checkpoint / f"{n}.safetensors").operating_point for n in ("best", "last")}
     assert len(points) == 1 and points != {0.5}
+    # config.json holds the same operating point as the checkpoints (issue 30: one setting, one value)
+    peak_point = points.pop()
+    assert json.loads((tiny_checkpoint / "config.json").read_text())["operating_point"] == peak_point
+    # and the score source can change: the point is chosen again for the logit score, in all three files
+    calibrate(tiny_checkpoint, negatives=[str(negatives_dir)], specificity=0.5, verdict="logit")
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    best = json.loads((tiny_checkpoint / "best.json").read_text())["config"]
+    assert config["verdict"] == best["verdict"] == "logit" and config["operating_point"] == best["operating_point"]
+    assert Predictor(tiny_checkpoint).operating_point == best["operating_point"] != peak_point
 
 
 def test_calibration_refuses_what_would_mislead(tiny_checkpoint, negatives_dir, data_dir, tmp_path, capsys):

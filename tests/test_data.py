@@ -14,15 +14,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from polypseg.data import (
-    PRANET_TEST_FRAMES,
-    Pair,
-    SegmentationDataset,
-    index_dataset,
-    load_pair,
-    read_image,
-    read_mask,
-)
+from polypseg.data import PRANET_TEST_FRAMES, Pair, SegmentationDataset, index_dataset, load_pair
+from polypseg.media import read_image, read_mask
 from polypseg.datacheck import check_dataset
 from polypseg.errors import PolypsegError
 

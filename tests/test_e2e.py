@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from polypseg.cli import main
-from polypseg.data import read_image
+from polypseg.media import read_image
 from polypseg.predict import Predictor
 
 
@@ -56,7 +56,7 @@ def test_train_evaluate_predict_video(tmp_path, data_dir, capsys):
     ok, first = cap.read()
     cap.release()
     assert ok and n == 8 and first.shape[:2] == (288, 384)
-    csv_path = video.with_suffix(".csv")
+    csv_path = video.with_suffix(".frames.csv")
     with open(csv_path) as f:
         assert len(list(csv.DictReader(f))) == 8
     # a run without an int8 file of its own: `video`'s --precision auto runs its fp32 network

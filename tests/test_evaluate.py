@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from polypseg import metrics
-from polypseg.data import index_dataset, load_pair, read_image, read_mask
+from polypseg.data import index_dataset, load_pair
+from polypseg.media import read_image, read_mask
 from polypseg.errors import PolypsegError
 from polypseg.evaluate import evaluate
 from polypseg.report import format_summary_table

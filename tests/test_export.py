@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from polypseg import metrics, runtime
-from polypseg.data import load_pair, read_image
+from polypseg.data import load_pair
+from polypseg.media import read_image
 from polypseg.errors import PolypsegError
 from polypseg.export import compare_int8, export_onnx, side_pairs, spread
 from polypseg.model import build_model, load_checkpoint, save_checkpoint

@@ -27,14 +27,18 @@ def test_smoke_mode_runs_every_step_into_one_results_folder(tmp_path):
     proc = _gpu_sh("--smoke", "-o", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not Path(f"{out}.partial").exists()
-    assert (out / "accurate-gpu" / "best.safetensors").is_file() or (out / "accurate-gpu" / "last.safetensors").is_file()
-    config = json.loads((out / "accurate-gpu" / "config.json").read_text())
-    assert config["encoder"] == "tu-test_efficientnet" and config["loss"] == "structure"  # the accurate-gpu preset
-    summary = json.loads((out / "accurate-gpu-eval" / "summary.json").read_text())
-    assert 0.0 <= summary["test_sets"][0]["metrics"]["per-image"]["dice"] <= 1.0
+    for name in ("realtime-gpu", "accurate-gpu"):  # both recipes trained and evaluated
+        assert (out / name / "best.safetensors").is_file() or (out / name / "last.safetensors").is_file()
+        config = json.loads((out / name / "config.json").read_text())
+        # the hospitals presets: structure loss, polyp-free frames and views, the hospitals' artefacts, logit verdict
+        assert config["encoder"] == "tu-test_efficientnet" and config["loss"] == "structure"
+        assert (config["polyp_free_views"], config["augment"], config["verdict"]) == (True, "hospitals", "logit")
+        assert config["negatives"] and config["negatives"][0].endswith("hyperkvasir-negatives")
+        summary = json.loads((out / f"{name}-eval" / "summary.json").read_text())
+        assert 0.0 <= summary["test_sets"][0]["metrics"]["per-image"]["dice"] <= 1.0
     rows = list(csv.DictReader((out / "timing.csv").open()))
     timed = {(r["model"], r["batch"], r["runtime"]) for r in rows if r["median_ms"]}
-    for model in ("realtime", "accurate", "accurate-gpu"):  # the shipped ones and the one just trained
+    for model in ("realtime", "accurate", "realtime-gpu", "accurate-gpu"):  # the shipped ones and the two trained
         for batch in ("1", "2"):
             assert {(model, batch, "torch eager fp32"), (model, batch, "onnxruntime CPU")} <= timed
     assert all(float(r["images_per_s"]) > 0 for r in rows if r["median_ms"])

@@ -1,6 +1,7 @@
-"""The package's layout: imports between polypseg modules point one way (no cycle), and no module imports
-another module's private ``_name``. Read from the source with ast, so lazy imports inside functions count
-too; imports under ``if TYPE_CHECKING:`` (type hints only, never run) do not."""
+"""The package's layout: imports between polypseg modules point one way (no cycle), each module imports only
+modules on its own floor or below in docs/DESIGN.md's diagram, and no module imports another module's private
+``_name``. Read from the source with ast, so lazy imports inside functions count too; imports under
+``if TYPE_CHECKING:`` (type hints only, never run) do not."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import polypseg
 
 PACKAGE = Path(polypseg.__file__).resolve().parent
+DESIGN = Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 
@@ -85,12 +87,63 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def design_floors(design: str) -> dict[str, int]:
+    """The floors of DESIGN.md's import diagram (the first code block after "## Direction of imports"):
+    module -> its row, 0 at the top; words in parentheses are comments."""
+    block = design.split("## Direction of imports", 1)[1].split("```", 2)[1]
+    floors: dict[str, int] = {}
+    rows = [line.split("(", 1)[0].split() for line in block.splitlines()]
+    for row, names in enumerate(r for r in rows if r):
+        for name in names:
+            assert name not in floors, f"{name} is on two rows of the diagram"
+            floors[name] = row
+    return floors
+
+
+def floor_violations(graph: dict[str, set[str]], floors: dict[str, int]) -> list[str]:
+    """Each import of a module on a higher row than the importer's (the diagram puts imports on the same row
+    or below), as "a (row i) imports b (row j)"."""
+    return [f"{name} (row {floors[name]}) imports {other} (row {floors[other]})"
+            for name in sorted(graph) for other in sorted(graph[name])
+            if name in floors and other in floors and floors[other] < floors[name]]
+
+
 def _sources() -> dict[str, str]:
     return {name: (PACKAGE / f"{name}.py").read_text() for name in MODULES}
 
 
 def test_no_import_cycle_between_modules():
     assert find_cycle(import_graph(_sources())) is None
+
+
+def test_every_module_imports_only_its_floor_or_below_in_the_design():
+    floors = design_floors(DESIGN.read_text(encoding="utf-8"))
+    assert sorted(set(MODULES) - set(floors)) == []  # every module has its row in the diagram
+    assert sorted(set(floors) - set(MODULES)) == []  # and the diagram names no module that is gone
+    graph = import_graph(_sources())
+    assert floor_violations(graph, floors) == []
+    # the server on top: only the command imports the app, only the app and routers import routers
+    assert sorted(name for name, imported in graph.items() if "serve" in imported) == ["cli"]
+    routers = {name for name in graph if name.startswith("serve_") and name != "serve_state"}
+    assert {name for name, imported in graph.items() if imported & routers} <= routers | {"serve"}
+
+
+def test_the_floor_check_catches_an_import_upwards():
+    design = ("# x\n## Direction of imports\ntext\n\n```\ntop   peer\nmiddle   (a comment)\n\nbottom\n```\n"
+              "```\nother block\n```\n")
+    floors = design_floors(design)
+    assert floors == {"top": 0, "peer": 0, "middle": 1, "bottom": 2}
+    sources = {"top": "from .peer import x\nfrom . import bottom\n", "peer": "import polypseg.middle\n",
+               "middle": "from .bottom import y\n", "bottom": ""}
+    assert floor_violations(import_graph(sources), floors) == []  # the same row and below are fine
+    sources["bottom"] = "def late():\n    from .middle import y\n"  # a lazy import up one row
+    assert floor_violations(import_graph(sources), floors) == ["bottom (row 2) imports middle (row 1)"]
+    # the real package with one hand-made violation: a router importing the app above it
+    real, floors = _sources(), design_floors(DESIGN.read_text(encoding="utf-8"))
+    real["serve_state"] += "\ndef _late():\n    from .serve import create_app\n"
+    assert floor_violations(import_graph(real), floors) == [
+        f"serve_state (row {floors['serve_state']}) imports serve (row {floors['serve']})"]
+    assert floors["serve"] < floors["serve_sites"] < floors["serve_state"] < floors["predict"]
 
 
 def test_no_module_imports_another_modules_private_names():

@@ -23,11 +23,13 @@ import polypseg
 from polypseg import reproduce as reproduce_module
 from polypseg.cli import main
 from polypseg.config import Config
-from polypseg.data import index_dataset, read_image
+from polypseg.data import index_dataset
+from polypseg.media import read_image
 from polypseg.evaluate import evaluate
 from polypseg.export import export_onnx
 from polypseg.predict import Predictor
-from polypseg.video import run_video, write_clip
+from polypseg.video import run_video
+from polypseg.media import write_clip
 
 SRC = Path(polypseg.__file__).resolve().parents[1]
 
@@ -193,9 +195,10 @@ def test_killed_video_leaves_only_whole_files(sig, tiny_checkpoint, data_dir, tm
     _interrupt_while_writing(["video", str(clip), "--run", str(tiny_checkpoint), "-o", str(out / "o.mp4")],
                              out, ".o.mp4.*", sig, random.Random(sig))
     finals = _final_names(out)
-    assert {p.name for p in finals} <= {"o.mp4", "o.csv", "o.events.csv", "o.summary.json", "o.alerts"}
+    assert {p.name for p in finals} <= {"o.mp4", "o.frames.csv", "o.events.csv", "o.summary.json", "o.alerts",
+                                        "o.timeline.png"}
     if finals:  # a Ctrl-C keeps the frames done: a playable video and its CSV, row for row
-        with (out / "o.csv").open() as f:
+        with (out / "o.frames.csv").open() as f:
             rows = list(csv.DictReader(f))
         assert 0 < len(rows) == _frames_in(out / "o.mp4")
     stats = run_video(clip, Predictor(tiny_checkpoint), out / "o.mp4", show_progress=False)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from polypseg import predict
-from polypseg.data import read_image
+from polypseg.media import read_image
 from polypseg.errors import PolypsegError
 from polypseg.model import read_checkpoint_meta
 from polypseg.predict import Predictor, predict_paths
@@ -182,7 +182,7 @@ def test_each_shipped_model_loads_predicts_and_has_its_own_card(name, data_dir):
 
 def test_shipped_model_segments_frames_it_never_saw(data_dir):
     """The packaged model and its split: test frames (sequences it never trained on) get real masks."""
-    from polypseg.data import read_mask
+    from polypseg.media import read_mask
     from polypseg.metrics import confusion, reduce
     from polypseg.splits import load_split
 
@@ -205,3 +205,64 @@ def test_bad_backend_and_device(tiny_checkpoint):
         Predictor(tiny_checkpoint, backend="tensorrt")
     with pytest.raises(PolypsegError, match="device"):
         Predictor(tiny_checkpoint, device="gpu0")
+
+
+def test_a_jpeg_stored_sideways_is_read_and_predicted_upright(rotated_jpeg, data_dir, tiny_checkpoint, tmp_path):
+    """Issue 32: a JPEG whose EXIF Orientation says "turn me" is read as viewers show it."""
+    original = read_image(data_dir / "images" / "322.png")
+    image = read_image(rotated_jpeg)
+    assert image.shape == original.shape == (288, 384, 3)  # stored 288 wide and 384 high
+    assert np.abs(image.astype(int) - original).mean() < 3  # the same frame, up to JPEG's loss
+    # turned the other way it would be a different picture, not only a compressed one
+    assert np.abs(np.rot90(image, 2).astype(int) - original).mean() > 20
+
+    out = tmp_path / "out"
+    predictor = Predictor(tiny_checkpoint)
+    written = predict_paths([rotated_jpeg], predictor, out, show_progress=False)
+    mask = cv2.imread(str(written[0]), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (288, 384)
+    np.testing.assert_array_equal(mask == 255, predictor.predict_mask(image))
+    with (out / "predictions.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert (row["height"], row["width"], row["skipped"]) == ("288", "384", "")
+
+
+def test_too_small_and_unreadable_images_are_skipped_and_listed_with_the_reason(images, tiny_checkpoint, tmp_path):
+    """Issue 32: under data.MIN_IMAGE_SIDE (32) pixels on a side an image is refused; predictions.csv lists
+    every input, the skipped ones with why."""
+    from polypseg.media import MIN_IMAGE_SIDE
+
+    assert MIN_IMAGE_SIDE == 32
+    frame = read_image(images / "001.png")
+    cv2.imwrite(str(images / "p-tiny.png"), frame[:1, :1])  # 1x1
+    cv2.imwrite(str(images / "q-thin.png"), frame[:31, :200])  # 200 wide, 31 high: one row short
+    cv2.imwrite(str(images / "r-least.png"), frame[:32, :32])  # the least that is segmented
+    (images / "s-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    out = tmp_path / "out"
+    with pytest.raises(PolypsegError, match=r"3 of 8 image\(s\) could not be used") as err:
+        predict_paths(images, Predictor(tiny_checkpoint), out, show_progress=False)
+    assert "1x1 pixels, too small" in str(err.value) and "predictions.csv" in str(err.value)
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["001.png", "150.png", "300.png", "odd.png",
+                                                                  "r-least.png"]
+    with (out / "predictions.csv").open() as f:
+        rows = {Path(r["image"]).name: r for r in csv.DictReader(f)}
+    assert list(rows) == ["001.png", "150.png", "300.png", "odd.jpg", "p-tiny.png", "q-thin.png", "r-least.png",
+                          "s-broken.png"]
+    assert "1x1 pixels, too small to segment" in rows["p-tiny.png"]["skipped"]
+    assert "200x31 pixels, too small to segment" in rows["q-thin.png"]["skipped"]
+    assert "Cannot read the image" in rows["s-broken.png"]["skipped"]
+    assert (rows["r-least.png"]["height"], rows["r-least.png"]["width"], rows["r-least.png"]["skipped"]) == ("32", "32", "")
+    assert all(rows[n]["polyp_score"] == "" and rows[n]["height"] == "" for n in ("p-tiny.png", "s-broken.png"))
+    assert all(rows[n]["skipped"] == "" and rows[n]["polyp_score"] != "" for n in ("001.png", "odd.jpg"))
+
+
+def test_cli_predict_on_a_too_small_image_exits_2_with_the_reason(data_dir, tiny_checkpoint, tmp_path, capsys):
+    from polypseg.cli import main
+
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), read_image(data_dir / "images" / "001.png")[:1, :1])
+    assert main(["predict", str(tiny), "-o", str(tmp_path / "out"), "--run", str(tiny_checkpoint),
+                 "--backend", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert "polypseg: error: 1 of 1 image(s) could not be used" in err
+    assert "1x1 pixels, too small to segment: polypseg needs at least 32x32" in " ".join(err.split())

@@ -14,7 +14,8 @@ import torch
 from polypseg import metrics
 from polypseg.config import Config
 from polypseg.crop import Box, blank_corner, endoscope_box, paste_back, picture
-from polypseg.data import index_dataset, load_pair, read_image, scan_frames
+from polypseg.data import index_dataset, load_pair, scan_frames
+from polypseg.media import read_image
 from polypseg.datacheck import check_dataset
 from polypseg.errors import PolypsegError
 from polypseg.model import build_model, save_checkpoint
@@ -76,7 +77,7 @@ def test_corner_is_blacked_out_and_the_mask_maps_back_to_the_frame():
 
 
 def test_verdict_and_mask_do_not_change_when_a_panel_and_a_box_are_added(tiny_config, clinic_frame, tmp_path):
-    cfg = tiny_config.replace(crop=True, corner=CORNER, aux_head=True, verdict="head", verdict_threshold=0.4)
+    cfg = tiny_config.replace(crop=True, corner=CORNER, aux_head=True, verdict="head", operating_point=0.4)
     torch.manual_seed(0)
     save_checkpoint(build_model(cfg), cfg, tmp_path / "m", epoch=0)
     predictor = Predictor(tmp_path / "m.safetensors")
@@ -243,7 +244,7 @@ def test_evaluate_reports_frame_level_columns_for_polyp_free_frames(tiny_checkpo
 
 
 def test_describe_is_quiet_when_the_verdict_says_no_polyp(tiny_config, clinic_frame, tmp_path):
-    cfg = tiny_config.replace(verdict="peak", verdict_threshold=1.0)  # nothing reaches a peak of 1.0
+    cfg = tiny_config.replace(verdict="peak", operating_point=1.0)  # nothing reaches a peak of 1.0
     save_checkpoint(build_model(cfg), cfg, tmp_path / "m", epoch=0)
     predictor = Predictor(tmp_path / "m.safetensors")
     result = predictor.predict(clinic_frame)
@@ -257,10 +258,10 @@ def test_describe_is_quiet_when_the_verdict_says_no_polyp(tiny_config, clinic_fr
 
 def test_operating_point_defaults_and_bad_verdicts():
     base = dict(encoder="tu-test_efficientnet", encoder_weights="none")
-    assert Config(**base).operating_point == 0.5
-    assert Config(**base, threshold=0.3).operating_point == 0.3
-    assert Config(**base, aux_head=True, verdict="head").operating_point == 0.5
-    assert Config(**base, verdict_threshold=0.7).operating_point == 0.7
+    assert Config(**base).effective_operating_point == 0.5
+    assert Config(**base, threshold=0.3).effective_operating_point == 0.3
+    assert Config(**base, aux_head=True, verdict="head").effective_operating_point == 0.5
+    assert Config(**base, operating_point=0.7).effective_operating_point == 0.7
     with pytest.raises(PolypsegError, match="image-level head"):
         Config(**base, verdict="head")
     with pytest.raises(PolypsegError, match="Unknown verdict"):
@@ -282,7 +283,7 @@ def test_negatives_sampler_draws_the_asked_share(data_dir, tmp_path):
 
 def test_onnx_export_carries_the_head_and_matches_torch(tiny_config, clinic_frame, tmp_path):
     pytest.importorskip("onnxruntime")
-    cfg = tiny_config.replace(crop=True, corner=CORNER, aux_head=True, verdict="head", verdict_threshold=0.5)
+    cfg = tiny_config.replace(crop=True, corner=CORNER, aux_head=True, verdict="head", operating_point=0.5)
     torch.manual_seed(0)
     save_checkpoint(build_model(cfg), cfg, tmp_path / "m", epoch=0)
     eager = Predictor(tmp_path / "m.safetensors").predict(clinic_frame)

@@ -20,10 +20,11 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from polypseg.alerts import AlertRule, track
-from polypseg.data import read_image, read_mask
+from polypseg.media import read_image, read_mask
 from polypseg.errors import PolypsegError
 from polypseg.predict import Prediction, Predictor, describe
-from polypseg.serve import ServeSettings, background_server, create_app, decode_image, segment_video
+from polypseg.serve import ServeSettings, background_server, create_app, segment_video
+from polypseg.media import declared_size, decode_image
 
 FRAME = "322.png"  # CVC-ClinicDB sequence 16: one clear polyp
 TESTSERVER = ["testserver"]  # the Host of TestClient's requests; by default the app answers to loopback names only
@@ -81,7 +82,8 @@ def test_describe_counts_regions_area_and_confidence():
 def test_health_and_model_card(client, predictor):
     assert client.get("/healthz").json() == {"status": "ok"}
     m = client.get("/api/v1/model").json()
-    assert m["threshold"] == pytest.approx(predictor.threshold) and m["input"] == [224, 288]
+    assert m["mask_threshold"] == pytest.approx(predictor.threshold) and m["input"] == [224, 288]
+    assert "threshold" not in m and m["operating_point"] == predictor.operating_point and m["site"] is None
     assert "CVC-ClinicDB" in m["training_data"] and "research" in m["intended_use"].lower()
     assert client.get("/").text.count("For research only") == 1
     assert "/api/v1/segment" in client.get("/openapi.json").json()["paths"]
@@ -127,6 +129,65 @@ def test_jpeg_and_grayscale_uploads(client, data_dir):
     gray = cv2.imencode(".png", rgb[:, :, 0])[1].tobytes()
     assert _image(client, jpg, "image/jpeg").json()["polyp_present"]
     assert _image(client, gray).status_code == 200
+
+
+def test_jpeg_stored_sideways_is_answered_upright(client, rotated_jpeg, data_dir, predictor):
+    """Issue 32: a JPEG with EXIF Orientation 6 (stored 288 wide, 384 high) is the upright 384x288 frame,
+    as browsers show it: its declared size, the answer's height and width, the outline and the mask."""
+    data = rotated_jpeg.read_bytes()
+    assert declared_size(data) == (384, 288)
+    decoded = decode_image(data)
+    assert decoded.shape == (288, 384, 3)
+    assert np.abs(decoded.astype(int) - read_image(data_dir / "images" / FRAME)).mean() < 3
+    answer = _image(client, data, "image/jpeg", name="sideways.jpg").json()
+    assert (answer["height"], answer["width"]) == (288, 384) and answer["polyp_present"]
+    upright = _image(client, (data_dir / "images" / FRAME).read_bytes()).json()
+    x0, y0, w, h = cv2.boundingRect(np.array(answer["polygons"][0], np.int32))
+    u0, v0, uw, uh = cv2.boundingRect(np.array(upright["polygons"][0], np.int32))  # the same polyp, same place
+    assert abs(x0 - u0) <= 4 and abs(y0 - v0) <= 4 and abs(w - uw) <= 8 and abs(h - uh) <= 8
+    mask = cv2.imdecode(np.frombuffer(_image(client, data, "image/jpeg", query="?format=png").content, np.uint8),
+                        cv2.IMREAD_GRAYSCALE)
+    assert mask.shape == (288, 384)
+
+
+@pytest.mark.parametrize("width, height, status", [(1, 1, 400), (31, 200, 400), (200, 31, 400), (32, 32, 200)])
+def test_images_under_32_pixels_on_a_side_are_refused(client, data_dir, width, height, status):
+    """Issue 32: one minimum, data.MIN_IMAGE_SIDE, for the API as for `polypseg predict`."""
+    crop = read_image(data_dir / "images" / FRAME)[50:50 + height, 100:100 + width]
+    data = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))[1].tobytes()
+    response = _image(client, data)
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert _is_error(response, 400) == (f"the image is {width}x{height} pixels, too small to segment: "
+                                            "polypseg needs at least 32x32. Give the full frame.")
+    else:
+        assert (response.json()["height"], response.json()["width"]) == (32, 32)
+
+
+def test_favicon_is_served_and_linked_from_the_page(client):
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.content.lstrip().startswith(b"<svg")
+    page = client.get("/").text
+    linked = page.split('<link rel="icon" href="', 1)[1].split('"', 1)[0]
+    assert client.get(linked).status_code == 200 and client.get(linked).content == icon.content
+
+
+def test_api_docs_load_their_files_from_this_server(client):
+    """Issue 32: /docs and /redoc name no file outside the server (FastAPI's own pages load them from a
+    CDN); the files are there, and the OpenAPI schema they render."""
+    import re
+
+    for page, assets in (("/docs", ("swagger-ui-bundle.js", "swagger-ui.css")), ("/redoc", ("redoc.standalone.js",))):
+        html = client.get(page)
+        assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)["']|url:\s*['"]([^'"]+)['"]""", html.text)
+        assert [u for pair in urls for u in pair if u.startswith(("http:", "https:", "//"))] == []
+        for name in assets:
+            assert f"/docs-assets/{name}" in html.text
+            served = client.get(f"/docs-assets/{name}")
+            assert served.status_code == 200 and len(served.content) > 100_000
+    assert "/api/v1/segment" in client.get("/openapi.json").json()["paths"]
 
 
 class ScriptedPredictor:
@@ -272,7 +333,7 @@ def test_32_concurrent_requests_all_answered(predictor, png):
 
 @pytest.fixture(scope="module")
 def clip(data_dir, tmp_path_factory):
-    from polypseg.video import write_clip
+    from polypseg.media import write_clip
 
     frames = [read_image(data_dir / "images" / f"{i:03d}.png") for i in range(320, 326)]
     return write_clip(frames, tmp_path_factory.mktemp("clip") / "clip.mp4").read_bytes()
@@ -294,6 +355,11 @@ def test_video_job_gives_h264_csv_and_timeline(client, clip):
     job = _wait(client, r.json()["id"])
     assert job["status"] == "done" and job["progress"] == 1.0 and job["frames_done"] == 6
     assert job["result"]["timeline"] == [1] * 6 and job["result"]["polyp_frames"] == 6
+    # two rates, two names (issue 32): the clip's 25 fps by its timestamps, and the server's speed
+    result = job["result"]
+    assert result["time_ms"] == pytest.approx([40 * i for i in range(6)]) and "fps" not in result
+    assert (result["summary"]["duration_ms"], result["summary"]["source_fps"]) == (240, 25)
+    assert result["processing_fps"] > 0 and result["summary"]["processing_fps"] > 0
     state_job = client.app.state.polypseg.jobs.get(job["id"])
     assert not state_job.input.exists()  # the upload is gone once the job ends
 
@@ -338,15 +404,18 @@ def test_video_job_lists_its_alerts_as_its_csvs_and_the_python_api_say(client, c
         assert "no alert" in _is_error(client.get(f"{base}/alerts/{n}.jpg"), 404)
     _is_error(client.get(f"{base}/alerts/x.jpg"), 404)
     folder = client.app.state.polypseg.jobs.get(job["id"]).folder  # every output inside the job's folder
-    assert {"overlay.events.csv", "overlay.alerts", "overlay.summary.json"} <= {p.name for p in folder.iterdir()}
+    assert {"overlay.mp4", "frames.csv", "events.csv", "alerts", "summary.json", "timeline.png"} <= {p.name for p in folder.iterdir()}
     assert client.delete(base).status_code == 204 and not folder.exists()
 
     (tmp_path / "clip.mp4").write_bytes(clip)  # the Python API: the same figures
-    direct = segment_video(predictor, tmp_path / "clip.mp4", str(tmp_path / "overlay.mp4"), str(tmp_path / "frames.csv"))
-    for key in ("frames", "timeline", "area", "score", "alert", "summary"):
+    direct = segment_video(predictor, tmp_path / "clip.mp4", tmp_path / "exam")
+    for key in ("frames", "time_ms", "timeline", "outlined", "area", "score", "alert"):
         assert direct[key] == result[key], key
+    speed = lambda summary: {k: v for k, v in summary.items() if k != "processing_fps"}  # noqa: E731 - a time
+    assert speed(direct["summary"]) == speed(result["summary"])
+    assert direct["summary"]["processing_fps"] > 0 and result["summary"]["processing_fps"] > 0
     for mine, served in zip(direct["events"], result["events"], strict=True):
-        assert mine.pop("thumbnail_url") == (tmp_path / mine["thumbnail"]).resolve().as_uri()
+        assert mine.pop("thumbnail_url") == (tmp_path / "exam" / mine["thumbnail"]).resolve().as_uri()
         assert mine == {k: v for k, v in served.items() if k != "thumbnail_url"}
 
 
@@ -384,7 +453,8 @@ def test_live_websocket_answers_each_frame(client, data_dir):
     with client.websocket_connect("/api/v1/live") as ws:
         ws.send_bytes(jpg)
         first = ws.receive_json()
-        assert first["polyp_present"] and first["polygons"] and first["server_ms"] >= first["infer_ms"] > 0
+        assert first["polyp_present"] and first["server_ms"] >= first["infer_ms"] > 0
+        assert first["polygons"] == [] and not first["outlined"]  # a polyp, but no alert yet: nothing drawn
         assert first["polyp_score"] >= first["operating_point"] and first["t_ms"] >= 0
         assert (first["alert"], first["alert_started"], first["alert_ended"]) == (False, False, False)  # onset first
         assert first["smoothed_score"] == pytest.approx(first["polyp_score"], abs=1e-4)
@@ -410,6 +480,8 @@ def test_live_alert_starts_after_the_onset_and_ends_after_the_release(predictor,
     t = [a["t_ms"] for a in answers]
     assert [a["polyp_score"] for a in answers] == scores and t == sorted(set(t))
     assert not answers[0]["polyp_present"] and answers[0]["polygons"] == []  # quiet below the operating point
+    # what the endoscopist sees follows the alert: outlines only while it is on, none before the onset
+    assert [bool(a["polygons"]) for a in answers] == [a["outlined"] for a in answers] == [a["alert"] for a in answers]
     started = [i for i, a in enumerate(answers) if a["alert_started"]]
     ended = [i for i, a in enumerate(answers) if a["alert_ended"]]
     assert len(started) == len(ended) == 1
@@ -653,3 +725,143 @@ def test_bomb_upload_gets_the_400_and_the_server_keeps_serving(client, png):
         ws.send_bytes(png)
         assert ws.receive_json()["polyp_present"]
     assert _image(client, png).status_code == 200
+
+
+# --- site profiles: the Settings tab's API ----------------------------------------------------------
+
+SITE_FRAMES = 20  # polyp-free frames of PolypGen centre A, sequence 1, as a 25 fps clip (0.8 s)
+
+
+def polyp_free_clip(data_dir, path, n: int = SITE_FRAMES):
+    from polypseg.media import id_sort_key, write_clip
+
+    folder = data_dir.parent / "polypgen-centre-a" / "negatives" / "seq1"
+    names = sorted((p for p in folder.iterdir() if p.suffix == ".jpg"), key=lambda p: id_sort_key(p.stem))[:n]
+    return write_clip([read_image(p) for p in names], path, fps=25)
+
+
+@pytest.fixture
+def site_model(tiny_checkpoint):
+    """The tiny model (a copy in a tmp folder: profiles are saved beside it) with a split whose validation
+    side is six CVC-ClinicDB polyp frames, so that the curve's sensitivity is known."""
+    import json
+
+    ids = [f"{i:03d}" for i in range(1, 13)]
+    (tiny_checkpoint / "split.json").write_text(json.dumps({"train": ids[6:], "val": ids[:6], "test": []}))
+    return Predictor(tiny_checkpoint, backend="torch", threads=1)
+
+
+def _wait_site(c, job_id: str) -> dict:
+    deadline = time.monotonic() + 120
+    while (job := c.get(f"/api/v1/sites/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return job
+
+
+def test_sites_api_calibrates_moves_and_applies_a_site(site_model, tiny_checkpoint, data_dir, png, tmp_path, monkeypatch):
+    from polypseg import sites
+    from polypseg.runtime import file_sha256
+
+    clip = polyp_free_clip(data_dir, tmp_path / "free.mp4").read_bytes()
+    weights = site_model.checkpoint
+    post = lambda c, **form: c.post("/api/v1/sites", files={"file": ("room.mp4", clip, "video/mp4")},  # noqa: E731
+                                    data={k: str(v) for k, v in form.items()})
+    with TestClient(create_app(site_model, ServeSettings(allowed_hosts=TESTSERVER))) as c:
+        listed = c.get("/api/v1/sites").json()
+        assert (listed["sites"], listed["applied"], listed["verdict"]) == ([], None, site_model.config.verdict)
+        assert "one target" in _is_error(post(c, name="room-3"), 400)
+        assert "one target" in _is_error(post(c, name="room-3", flagged_share=0.1, false_alerts_per_minute=1), 400)
+        assert "[0, 1)" in _is_error(post(c, name="room-3", flagged_share=1.5), 400)
+        assert "name" in _is_error(post(c, name="../room", flagged_share=0.1), 400)
+        assert not any(c.app.state.polypseg.jobs.root.iterdir())  # refused before anything was saved
+
+        r = post(c, name="room-3", flagged_share=0.1)
+        assert r.status_code == 202, r.text
+        job = _wait_site(c, r.json()["id"])
+        assert job["status"] == "done", job["error"]
+        assert job["frames_done"] == SITE_FRAMES and job["progress"] == 1.0
+        profile = job["result"]
+        _is_error(c.get(f"/api/v1/videos/{job['id']}"), 404)  # a site job is no video job
+
+        # saved beside the model, as the profile the job returned
+        path = sites.site_path(weights, "room-3")
+        assert path.is_file() and path.parent == tiny_checkpoint and profile["file"] == path.name
+        assert sites.load(weights, "room-3", file_sha256(weights)).to_dict() == {
+            k: v for k, v in profile.items() if k not in ("file", "applied", "movable")}
+        assert (profile["applied"], profile["movable"]) == (False, True)
+        measured = profile["measured"]
+        assert measured["frames"] == SITE_FRAMES and measured["flagged_share"] <= 0.1
+        assert measured["validation_polyp_frames"] == 6 and measured["validation_sensitivity"] is not None
+        assert profile["target"] == {"flagged_share": 0.1} and profile["verdict"] == site_model.config.verdict
+        assert profile["model_sha256"] == file_sha256(weights) and "room.mp4" not in str(profile)  # no file name
+        curve = profile["curve"]
+        points = [row["operating_point"] for row in curve]
+        assert len(curve) > 3 and points == sorted(points)
+        assert all(row["sensitivity"] is not None and row["false_alerts_per_minute"] is not None for row in curve)
+        assert c.get("/api/v1/sites").json()["sites"] == ["room-3"]
+        assert c.get("/api/v1/sites/room-3").json()["operating_point"] == profile["operating_point"]
+        assert "no site" in _is_error(c.get("/api/v1/sites/room-4"), 404)
+
+        # applied: the model's description, and the frames, are the site's
+        own = c.get("/api/v1/model").json()
+        assert own["site"] is None and own["operating_point"] == site_model.config.effective_operating_point
+        answer = c.post("/api/v1/sites/room-3/apply")
+        assert answer.status_code == 200 and answer.json()["site"] == "room-3"
+        m = c.get("/api/v1/model").json()
+        assert (m["site"], m["operating_point"]) == ("room-3", profile["operating_point"])
+        assert (m["alert_rule"]["onset_ms"], m["alert_rule"]["operating_point"]) == (profile["onset_ms"], profile["operating_point"])
+        assert m["model_operating_point"] == own["operating_point"] and m["mask_threshold"] == own["mask_threshold"]
+        frame = _image(c, png).json()
+        assert frame["operating_point"] == profile["operating_point"]
+        assert frame["polyp_present"] == (frame["polyp_score"] >= profile["operating_point"])
+        assert c.get("/api/v1/sites").json()["applied"] == "room-3"
+
+        # moved by hand: the costs measured again, monotone in the point; the file left alone without save
+        lowest = 0.0 if site_model.config.verdict != "logit" else points[0] - 100  # every frame flagged
+        picks = [lowest, points[0], points[len(points) // 2], points[-1]]
+        moved = [c.put("/api/v1/sites/room-3/point", json={"operating_point": p, "save": False}).json() for p in picks]
+        shares = [mv["measured"]["flagged_share"] for mv in moved]
+        sensitivity = [mv["measured"]["validation_sensitivity"] for mv in moved]
+        alerts = [mv["measured"]["false_alerts_per_minute"] for mv in moved]
+        assert shares == sorted(shares, reverse=True) and shares[0] == 1.0 and shares[1] >= 0.5 and shares[-1] == 0.0
+        assert sensitivity == sorted(sensitivity, reverse=True) and sensitivity[0] == 1.0
+        assert alerts[0] == pytest.approx(1 / (SITE_FRAMES / 25 / 60)) and alerts[-1] == 0.0  # one alert all along; none
+        picks = picks[1:]
+        for mv, p in zip(moved[1:], picks):  # what the curve said of that point
+            row = curve[points.index(p)]
+            assert mv["operating_point"] == p and mv["measured"]["flagged_share"] == row["flagged_share"]
+            assert mv["measured"]["false_alerts_per_minute"] == row["false_alerts_per_minute"]
+            assert mv["measured"]["validation_sensitivity"] == row["sensitivity"]
+        assert sites.load(weights, "room-3").operating_point == profile["operating_point"]
+        later = c.put("/api/v1/sites/room-3/point", json={"operating_point": picks[1], "onset_ms": 0}).json()
+        assert later["onset_ms"] == 0 and later["target"]["moved_by_hand"] == 1.0
+        assert sites.load(weights, "room-3").operating_point == picks[1]
+        assert c.get("/api/v1/model").json()["operating_point"] == profile["operating_point"]  # until applied
+        c.post("/api/v1/sites/room-3/apply")
+        m = c.get("/api/v1/model").json()
+        assert (m["operating_point"], m["alert_rule"]["onset_ms"]) == (picks[1], 0)
+        if site_model.config.verdict != "logit":
+            assert "between 0 and 1" in _is_error(c.put("/api/v1/sites/room-3/point", json={"operating_point": 2}), 400)
+        _is_error(c.put("/api/v1/sites/room-3/point", json={"operating_point": "high"}), 422)
+        assert "no site" in _is_error(c.put("/api/v1/sites/room-4/point", json={"operating_point": 0.5}), 404)
+
+    # a site's clip is a video: the video upload limit applies to it, not the image one
+    with TestClient(create_app(site_model, ServeSettings(allowed_hosts=TESTSERVER, max_upload_mb=0.01, max_video_mb=0.25))) as c:
+        assert len(clip) > 0.25 * 2**20 and "over the 0.25 MB limit" in _is_error(post(c, name="room-5", flagged_share=0.1), 413)
+
+    # a server started with the site (serve --site): its point from the start; the clip's scores are gone
+    from polypseg.cli import main
+    import polypseg.serve as serve_module
+
+    given = []
+    monkeypatch.setattr(serve_module, "serve", lambda settings, **kw: given.append(settings))
+    assert main(["serve", "--run", str(tiny_checkpoint), "--backend", "torch", "--site", "room-3"]) == 0
+    assert given[0].site == "room-3"
+    started = serve_module.load_predictor(given[0])
+    with TestClient(create_app(started, ServeSettings(allowed_hosts=TESTSERVER))) as c:
+        m = c.get("/api/v1/model").json()
+        assert (m["site"], m["operating_point"]) == ("room-3", picks[1])
+        assert c.get("/api/v1/sites/room-3").json()["movable"] is False
+        assert "calibrate it here again" in _is_error(
+            c.put("/api/v1/sites/room-3/point", json={"operating_point": picks[0]}), 409)

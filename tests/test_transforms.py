@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from polypseg.config import Config
-from polypseg.data import index_dataset, read_image, read_mask
+from polypseg.data import index_dataset
+from polypseg.media import read_image, read_mask
 from polypseg.errors import PolypsegError
 from polypseg.transforms import (
     eval_transform,
@@ -100,7 +101,7 @@ def test_to_input_pads_to_32_and_from_output_crops_back(size):
 
 
 def test_unknown_augmentation_preset_is_refused(tiny_config, tmp_path):
-    with pytest.raises(PolypsegError, match="default, strong, light, none"):
+    with pytest.raises(PolypsegError, match="default, strong, hospitals, light, none"):
         train_transform(tiny_config.replace(augment="heavy"))
 
 
@@ -132,3 +133,79 @@ def test_preview_refuses_bad_requests(data_dir, tiny_config, tmp_path):
     with pytest.raises(PolypsegError, match="Unknown augmentation preset"):
         preview(pairs, tiny_config.replace(augment="heavy"), tmp_path / "preview.png")
     assert not (tmp_path / "preview.png").exists()
+
+
+# --- what sets detectors off at other hospitals, drawn as augmentation (issue 31) ---------------------------
+
+
+def test_each_artefact_draws_and_hides_what_is_under_its_opaque_parts(data_dir):
+    from polypseg.artefacts import DRAW, OPAQUE, Artefact, blend
+
+    image, mask = read_image(data_dir / "images" / "100.png"), read_mask(data_dir / "masks" / "100.png")[0]
+    h, w = mask.shape
+    for kind, draw in DRAW.items():
+        layer = draw(h, w, np.random.default_rng(3))
+        assert layer.colour.shape == (h, w, 3) and layer.alpha.shape == (h, w), kind
+        assert 0 < (layer.alpha > 0.05).mean() < 1, kind  # draws something, never the whole frame
+        drawn = blend(image, layer)
+        assert (drawn[layer.alpha > 0.5] != image[layer.alpha > 0.5]).any(), kind
+        t = Artefact(kind, p=1.0)
+        t.set_random_seed(0)
+        out = t(image=image, mask=mask)
+        again = Artefact(kind, p=1.0)
+        again.set_random_seed(0)
+        assert np.array_equal(out["image"], again(image=image, mask=mask)["image"])  # seeded: reproducible
+        if kind == "instrument":  # placed off the polyp, or not at all
+            changed = (out["image"] != image).any(axis=2)
+            assert not (changed & (mask > 0)).any() and np.array_equal(out["mask"], mask)
+    # a border hides the polyp pixels under it: the mask follows what can be seen
+    t = Artefact("borders", p=1.0)
+    for seed in range(20):
+        t.set_random_seed(seed)
+        out = t(image=image, mask=mask)
+        hidden = (out["image"].max(axis=2) <= 12) & (image.max(axis=2) > 40) & (mask > 0)
+        assert not (out["mask"][hidden] > 0).any()
+    assert OPAQUE == 0.9
+
+
+def test_the_hospitals_preset_runs_on_polyp_and_polyp_free_frames(data_dir, tiny_config):
+    cfg = tiny_config.replace(augment="hospitals")
+    transform = train_transform(cfg)
+    image, mask = read_image(data_dir / "images" / "100.png"), read_mask(data_dir / "masks" / "100.png")[0]
+    for m in (mask, np.zeros_like(mask)):
+        out = transform(image=image, mask=m)
+        assert out["image"].shape == (cfg.height, cfg.width, 3) and out["mask"].shape == (cfg.height, cfg.width)
+        assert set(np.unique(out["mask"])) <= {0, 1}
+
+
+def test_polyp_free_boxes_avoid_the_polyp_and_the_black_border():
+    from polypseg.views import MARGIN, polyp_free_boxes
+
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[20:280, 30:370] = 150  # the endoscopic picture inside a black border
+    mask = np.zeros((300, 400), np.uint8)
+    mask[40:120, 40:140] = 1  # a polyp in the upper left
+    boxes = polyp_free_boxes(image, mask, aspect=4 / 3, seed=0, scales=(0.3, 0.5, 0.7))
+    assert boxes and len(boxes) <= 3
+    grow = round(MARGIN * 300)
+    for b in boxes:
+        assert abs(b.width / b.height - 4 / 3) < 0.02
+        assert not mask[max(0, b.top - grow):b.bottom + grow, max(0, b.left - grow):b.right + grow].any()
+        assert (image[b.top:b.bottom, b.left:b.right].max(axis=2) > 0).mean() >= 0.9
+    assert boxes == polyp_free_boxes(image, mask, aspect=4 / 3, seed=0, scales=(0.3, 0.5, 0.7))  # seeded
+    everywhere = np.ones_like(mask)
+    assert polyp_free_boxes(image, everywhere, aspect=4 / 3, seed=0) == []  # no room: no view
+
+
+def test_polyp_free_views_of_real_frames_read_as_polyp_free(data_dir):
+    from polypseg.data import load_pair, polyp_free_views
+
+    pairs = index_dataset(data_dir).pairs[:6]
+    views = polyp_free_views(pairs, aspect=288 / 224, seed=0)
+    assert views and all(v.polyp is False and v.mask is None and "@view-" in v.id for v in views)
+    for view in views:
+        image, mask = load_pair(view)
+        top, bottom, left, right = view.view
+        assert image.shape[:2] == (bottom - top, right - left) and not mask.any()
+        original = next(p for p in pairs if view.id.startswith(p.id + "@"))
+        assert not read_mask(original.mask)[0][top:bottom, left:right].any()

@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 
 from polypseg.alerts import AlertRule, track
-from polypseg.data import index_dataset, read_image
+from polypseg.data import index_dataset
+from polypseg.media import read_image
 from polypseg.errors import PolypsegError
 from polypseg.predict import Prediction, Predictor
-from polypseg.video import CSV_FIELDS, EVENT_FIELDS, open_source, run_video, write_clip
+from polypseg.exam import EVENT_FIELDS, FRAME_FIELDS
+from polypseg.video import run_video
+from polypseg.viz import draw_frame
+from polypseg.media import open_source, write_clip
 
 N = 12
 
@@ -44,7 +48,7 @@ def _video_info(path):
 def _rows(path):
     with path.open() as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == CSV_FIELDS
+        assert tuple(reader.fieldnames) == FRAME_FIELDS
         return list(reader)
 
 
@@ -54,7 +58,8 @@ def _leftovers(folder, *keep):
 
 def _outputs(name, alerts=False, video="mp4"):
     """The files run_video leaves for the video NAME.mp4 (with ``alerts``: the thumbnails' folder too)."""
-    return sorted([f"{name}.csv", f"{name}.{video}", f"{name}.events.csv", f"{name}.summary.json"]
+    return sorted([f"{name}.frames.csv", f"{name}.{video}", f"{name}.events.csv", f"{name}.summary.json",
+                   f"{name}.timeline.png"]
                   + ([f"{name}.alerts"] if alerts else []))
 
 
@@ -68,11 +73,12 @@ def test_video_file_gives_playable_overlay_and_csv(sequence, tiny_checkpoint, tm
     w, h = size or (384, 288)
     assert (stats.frames, stats.skipped, stats.size) == (N, 0, (w, h))
     assert _video_info(out_dir / "overlay.mp4") == (N, (w, h))
-    rows = _rows(out_dir / "overlay.csv")
+    rows = _rows(out_dir / "overlay.frames.csv")
     assert [int(r["frame"]) for r in rows] == list(range(N))
     assert all(float(r["latency_ms"]) > 0 and r["polyp_present"] in ("0", "1") for r in rows)
-    assert all((float(r["area_fraction"]) > 0) == (r["polyp_present"] == "1") for r in rows)
-    assert all((r["mean_confidence"] == "") == (r["polyp_present"] == "0") for r in rows)
+    # the raw mask's figures whatever the verdict; an outline only while an alert is on
+    assert all((r["mean_confidence"] == "") == (float(r["area_fraction"]) == 0) for r in rows)
+    assert all(r["outlined"] == r["alert"] for r in rows)
     assert _leftovers(out_dir, "overlay.alerts") == _outputs("overlay")
     assert all(p.stat().st_mode & 0o644 == 0o644 for p in out_dir.iterdir())
     assert [float(r["time_ms"]) for r in rows] == pytest.approx([40 * i for i in range(N)])  # the file's 25 fps
@@ -126,7 +132,7 @@ def test_frame_folder_with_a_corrupt_frame(sequence, tiny_checkpoint, tmp_path):
     stats = run_video(folder, Predictor(tiny_checkpoint), out, max_frames=None, show_progress=False)
     assert (stats.frames, stats.skipped) == (7, 1)
     assert _video_info(out) == (7, (384, 288))
-    assert [int(r["frame"]) for r in _rows(out.with_suffix(".csv"))] == [0, 1, 2, 3, 5, 6, 7]
+    assert [int(r["frame"]) for r in _rows(out.with_suffix(".frames.csv"))] == [0, 1, 2, 3, 5, 6, 7]
 
 
 def test_max_frames(sequence, tiny_checkpoint, tmp_path):
@@ -186,7 +192,7 @@ def test_interrupted_run_keeps_a_playable_file(failure, sequence, tiny_checkpoin
         with pytest.raises(RuntimeError):
             run_video(clip, **kwargs)
     assert _video_info(out) == (4, (384, 288))
-    assert len(_rows(out.with_suffix(".csv"))) == 4
+    assert len(_rows(out.with_suffix(".frames.csv"))) == 4
     assert _leftovers(out.parent, "o.alerts") == _outputs("o")
     assert json.loads(out.with_suffix(".summary.json").read_text())["frames"] == 4
 
@@ -226,7 +232,7 @@ class _Scripted(Predictor):
 
 # 25 fps (40 ms a frame): above at frames 3-9, a blip at 15-16 (40 ms < onset), above from frame 18 to the end
 SCRIPT = [0.1] * 3 + [0.9] * 7 + [0.1] * 5 + [0.9] * 2 + [0.1] + [0.9] * 6
-RULE = AlertRule(threshold=0.5, smoothing_ms=0, onset_ms=80, release_ms=80)
+RULE = AlertRule(operating_point=0.5, smoothing_ms=0, onset_ms=80, release_ms=80)
 
 
 def _events_file(path):
@@ -253,7 +259,7 @@ def test_alerts_files_agree_with_each_other_and_the_per_frame_csv(frame_folder, 
     # blip held back; crossing at 720 ms, raised at 800 ms, still on at the end: ends one frame after the last
     assert [(e.first_crossing_ms, e.start_ms, e.end_ms) for e in stats.events] == [(120, 200, 480), (720, 800, 960)]
 
-    rows = _rows(out.with_suffix(".csv"))
+    rows = _rows(out.with_suffix(".frames.csv"))
     assert [int(r["alert"]) for r in rows] == [5 <= i < 12 or i >= 20 for i in range(24)]
     assert [float(r["polyp_score"]) for r in rows] == SCRIPT
     _, recomputed = track([float(r["time_ms"]) for r in rows], [float(r["polyp_score"]) for r in rows], RULE,
@@ -271,10 +277,12 @@ def test_alerts_files_agree_with_each_other_and_the_per_frame_csv(frame_folder, 
 
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     assert summary == stats.summary
-    assert (summary["frames"], summary["duration_ms"], summary["fps"], summary["alerts"]) == (24, 960, 25, 2)
+    assert (summary["frames"], summary["duration_ms"], summary["source_fps"], summary["alerts"]) == (24, 960, 25, 2)
+    assert "fps" not in summary and summary["processing_fps"] == pytest.approx(stats.processing_fps, abs=1e-3)
+    assert summary["processing_fps"] > 0
     assert summary["alerts_per_minute"] == pytest.approx(2 / (960 / 60000))
     assert summary["alerted_share"] == pytest.approx((280 + 160) / 960)
-    assert summary["rule"] == {"threshold": 0.5, "smoothing_ms": 0, "onset_ms": 80, "release_ms": 80}
+    assert summary["rule"] == {"operating_point": 0.5, "smoothing_ms": 0, "onset_ms": 80, "release_ms": 80}
     assert _leftovers(out.parent) == _outputs("o", alerts=True, video="avi")
 
     # the overlay's amber border while an alert is on (MJPG: compare roughly)
@@ -323,3 +331,48 @@ def test_video_runs_the_shipped_int8_file_by_default_and_says_so(frame_folder, t
     assert main(["video", str(frame_folder), "-o", str(out), "--max-frames", "3", "--no-progress",
                  "--precision", "fp32"]) == 0
     assert "model: onnxruntime (exported in memory)" in capsys.readouterr().out
+
+
+def test_overlay_shows_the_polyp_area_but_not_the_processing_speed(frame_folder, tiny_checkpoint, tmp_path):
+    """Issue 32: the exported video's caption is "polyp X%" alone; the frames per second processed are the
+    terminal's and the stats' (they differ run to run, and are not part of the exam)."""
+    out = tmp_path / "o.avi"
+    stats = run_video(frame_folder, _Scripted(tiny_checkpoint, [0.9] * 24), out, max_frames=12, alerts=RULE,
+                      show_progress=False)
+    assert stats.frames == 12 and stats.processing_fps > 0 and "fps end to end" in str(stats)
+    cap = cv2.VideoCapture(str(out))
+    last = [cap.read()[1] for _ in range(12)][-1]  # by then the old caption had its fps figure
+    cap.release()
+    # the alert is on, so the outline and its caption "polyp X%" are drawn: the frame is exactly what the
+    # contract draws (viz.draw_frame), with nothing else burned in (MJPG: compared roughly)
+    row = _rows(out.with_suffix(".frames.csv"))[-1]
+    assert row["alert"] == row["outlined"] == "1"
+    image = read_image(sorted(frame_folder.iterdir())[11])
+    mask = Predictor(tiny_checkpoint).predict_prob(image) >= 0.5
+    expected = cv2.cvtColor(draw_frame(image, mask, "shown", alert=True), cv2.COLOR_RGB2BGR)
+    assert np.abs(last.astype(int) - expected).mean() < 4
+    caption = slice(4, 15), slice(60, 200)  # right of "polyp X%": the old caption's fps figure sat here
+    assert np.abs(last[caption].astype(int) - expected[caption]).mean() < 6
+
+
+def test_a_text_file_named_mp4_gets_polypsegs_message_without_ffmpegs_noise(tiny_checkpoint, tmp_path, capfd):
+    """Issue 32: `polypseg video notes.mp4` says what is wrong in polypseg's words; FFmpeg inside OpenCV
+    would print "moov atom not found" first."""
+    from polypseg.cli import main
+
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("these are meeting notes, not a video\n" * 20)
+    capfd.readouterr()
+    cap = cv2.VideoCapture(str(fake))  # what OpenCV alone prints: the noise this test looks for
+    assert not cap.isOpened()
+    cap.release()
+    assert "moov atom not found" in capfd.readouterr().err
+
+    out = tmp_path / "out" / "o.mp4"
+    assert main(["video", str(fake), "-o", str(out), "--run", str(tiny_checkpoint), "--backend", "torch",
+                 "--no-progress"]) == 2
+    captured = capfd.readouterr()
+    assert captured.err.startswith("polypseg: error: Cannot open the video")
+    assert "not a video FFmpeg can read" in captured.err
+    assert "moov" not in captured.err + captured.out and "mov,mp4" not in captured.err
+    assert not out.parent.exists() or _leftovers(out.parent) == []

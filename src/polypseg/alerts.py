@@ -2,8 +2,9 @@
 
 What stands between the model's verdict on each frame and what the endoscopist sees. The score is
 smoothed by an exponential moving average whose weight comes from the real time step, so any frame rate
-and dropped frames work; an alert starts once the smoothed score has stayed at or above the threshold for
-``onset_ms`` and ends once it has stayed below for ``release_ms``. Pure (no I/O, no model): ``video`` and
+and dropped frames work; an alert starts once the smoothed score has stayed at or above the operating point
+(the verdict's, the model's or a site's) for ``onset_ms`` and ends once it has stayed below for
+``release_ms``. Scores are any finite numbers (the ``logit`` score is in logit units, others in [0, 1]). Pure (no I/O, no model): ``video`` and
 ``serve`` call it, ``AlertTracker`` frame by frame, ``track`` on a whole sequence.
 """
 
@@ -49,25 +50,26 @@ def _check_ms(name: str, value: float) -> float:
 
 @dataclass(frozen=True)
 class AlertRule:
-    """How the per-frame polyp score becomes an alert. ``threshold``: the operating point on the smoothed
-    score (``None``: the model's own, filled in by the caller through ``resolved``); ``smoothing_ms``: time
-    constant of the exponential moving average (0: none); ``onset_ms``: how long the smoothed score stays at
-    or above the threshold before the alert starts; ``release_ms``: how long below before it ends."""
+    """How the per-frame polyp score becomes an alert. ``operating_point``: the verdict's operating point,
+    applied to the smoothed score (``None``: the model's or the site's, filled in by the caller through
+    ``resolved``); ``smoothing_ms``: time constant of the exponential moving average (0: none);
+    ``onset_ms``: how long the smoothed score stays at or above the operating point before the alert
+    starts; ``release_ms``: how long below before it ends."""
 
-    threshold: float | None = None
+    operating_point: float | None = None
     smoothing_ms: float = DEFAULT_SMOOTHING_MS
     onset_ms: float = DEFAULT_ONSET_MS
     release_ms: float = DEFAULT_RELEASE_MS
 
     def __post_init__(self):
-        if self.threshold is not None and not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
-            raise PolypsegError(f"The alert threshold must lie between 0 and 1, got {self.threshold}.")
+        if self.operating_point is not None and not math.isfinite(self.operating_point):
+            raise PolypsegError(f"The alert rule's operating point must be a finite number, got {self.operating_point}.")
         for name in ("smoothing_ms", "onset_ms", "release_ms"):
             _check_ms(name.replace("_ms", " (ms)"), getattr(self, name))
 
     def resolved(self, operating_point: float) -> AlertRule:
-        """This rule with the model's ``operating_point`` as the threshold when it has none of its own."""
-        return self if self.threshold is not None else replace(self, threshold=float(operating_point))
+        """This rule with the model's (or site's) ``operating_point`` when it has none of its own."""
+        return self if self.operating_point is not None else replace(self, operating_point=float(operating_point))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +92,7 @@ class FrameState(NamedTuple):
 @dataclass(frozen=True)
 class AlertEvent:
     """One alert: raised at ``start_ms``, lowered at ``end_ms`` (the frame it went off, or the end of the
-    stream); ``first_crossing_ms``: when the smoothed score crossed the threshold (``start_ms`` minus the
+    stream); ``first_crossing_ms``: when the smoothed score crossed the operating point (``start_ms`` minus the
     onset, or less for a gap in the frames). Peaks over the alerted frames: the highest score, the largest
     area, and the frame with the largest area (the highest score among equal areas)."""
 
@@ -116,9 +118,9 @@ class AlertTracker:
     ``close`` at the end of the stream; closed alerts collect in ``events``."""
 
     def __init__(self, rule: AlertRule):
-        if rule.threshold is None:
-            raise PolypsegError("The alert rule has no threshold: give one, or take the model's operating point "
-                                "with rule.resolved(predictor.operating_point).")
+        if rule.operating_point is None:
+            raise PolypsegError("The alert rule has no operating point: give one, or take the model's with "
+                                "rule.resolved(predictor.operating_point).")
         self.rule = rule
         self.events: list[AlertEvent] = []
         self.frames = 0
@@ -126,7 +128,7 @@ class AlertTracker:
         self.last_ms: float | None = None
         self._step = 0.0  # the last time step: the last frame is taken to last that long
         self._smoothed = 0.0
-        self._crossed: float | None = None  # while off: when the smoothed score went to/above the threshold
+        self._crossed: float | None = None  # while off: when the smoothed score went to/above the operating point
         self._below: float | None = None  # while on: when it went below
         self._open: dict[str, Any] | None = None
 
@@ -144,13 +146,13 @@ class AlertTracker:
         return 0.0 if self.first_ms is None else self.end_ms - self.first_ms
 
     def update(self, t_ms: float, score: float, area: float = 0.0, frame: int | None = None) -> FrameState:
-        """The next frame (time in ms, strictly after the last; polyp score in [0, 1]; the shown mask's area
-        fraction; its index, default the count of frames so far) -> its state."""
+        """The next frame (time in ms, strictly after the last; its polyp score, a finite number; the mask's
+        area fraction; its index, default the count of frames so far) -> its state."""
         t, x = float(t_ms), float(score)
         if not math.isfinite(t):
             raise PolypsegError(f"A frame's timestamp must be a finite number of milliseconds, got {t_ms}.")
-        if not (math.isfinite(x) and 0.0 <= x <= 1.0):
-            raise PolypsegError(f"A polyp score must lie between 0 and 1, got {score} (frame at {t} ms).")
+        if not math.isfinite(x):
+            raise PolypsegError(f"A polyp score must be a finite number, got {score} (frame at {t} ms).")
         rule = self.rule
         if self.last_ms is None:
             self.first_ms, s = t, x
@@ -164,7 +166,7 @@ class AlertTracker:
         self.last_ms, self._smoothed = t, s
         frame = self.frames if frame is None else int(frame)
         self.frames += 1
-        above = s >= rule.threshold
+        above = s >= rule.operating_point
         started = ended = peak = False
         if self._open is None:
             if not above:

@@ -5,10 +5,11 @@ The pipeline: one row per exam -> ``map_batches(decode_exams)`` decodes it into 
 loading the model once with its own ONNX Runtime thread count -> rows of per-frame figures (and the
 shown mask, bit-packed, where there is one) streamed back to this process. Both stages ask for the same
 CPUs, so Ray Data fuses them: a worker decodes an exam and segments its frames as they are decoded. Here each exam's frames are gathered; when
-the last one has arrived, the exam's alerts are tracked in frame order (``polypseg.alerts``, through the
-same ``video.track_frame`` as ``polypseg video``) and its folder is written under a temporary name and
-renamed: the same per-frame CSV, events, thumbnails and summary that `polypseg video` writes, plus a
-timeline picture and, when asked, the overlay video (the exam decoded again here and drawn).
+the last one has arrived, the exam goes through ``polypseg.exam`` as in ``polypseg video`` (the same
+alert rule, outlines only while an alert is on, one writer and one naming) and its folder is written under
+a temporary name and renamed: the per-frame CSV, events, thumbnails, timeline and summary, and, when
+asked, the overlay video. Pictures (thumbnails, the overlay) need the frames again: the exam is decoded a
+second time here only when it has an alert or an overlay was asked for.
 
 Ray runs embedded (started by the command, every core of this machine) or joins a cluster (``address``);
 sources must be readable at the same path on every node. A worker that dies is restarted by Ray Data
@@ -34,21 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from .alerts import AlertRule, AlertTracker
+from .alerts import AlertRule
 from .config import Config
-from .data import IMAGE_SUFFIXES
 from .errors import PolypsegError
-from .files import atomic_write_text, check_writable, csv_text
+from .exam import ExamLog, ExamWriter, FrameResult, check_outlines, exam_files, thumbnail_name
+from .files import atomic_write_text, check_writable, csv_text, publish_folder
+from .media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, even_size, open_source, open_writer
 from .model import load_checkpoint, read_checkpoint_meta
-from .predict import Predictor, frame_stats, resolve_model
+from .predict import Predictor, resolve_model
 from .progress import progress_bar
-from .runtime import check_precision, export_bytes, exported_from, int8_session
-from .video import (
-    CSV_FIELDS, VideoStats, draw_overlay, events_csv_text, jpeg_thumbnail, open_source, publish_folder,
-    thumbnail_name, track_frame, video_summary, write_clip,
-)
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".ts", ".mts", ".flv")
+from .runtime import check_precision, export_bytes, exported_from, file_sha256, int8_session
+from .viz import draw_frame
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 DONE = "summary.json"  # written last into an exam's folder, which is renamed into place when complete
 ARCHIVE_FIELDS = ("exam", "source", "frames", "skipped", "duration_s", "alerts", "alerts_per_minute",
@@ -226,8 +223,8 @@ def decode_exams(batch: dict[str, np.ndarray], fps: float | None = None, chunk: 
             yield _columns(rows)
 
 
-RESULT_COLUMNS = ("exam", "kind", "index", "time_ms", "note", "polyp_score", "polyp_present", "area_fraction",
-                  "mean_confidence", "latency_ms", "mask", "height", "width", "node")
+RESULT_COLUMNS = ("exam", "kind", "index", "time_ms", "note", "polyp_score", "area_fraction", "mean_confidence",
+                  "latency_ms", "mask", "height", "width", "node")
 
 
 class FrameSegmenter:
@@ -271,15 +268,16 @@ class FrameSegmenter:
                 geometry, hw, spent = prepared[i]
                 begin = time.perf_counter()
                 prediction = self.predictor.finish((probs[j], None if heads is None else float(heads[j])), geometry, hw)
-                mask = prediction.mask(self.threshold)
-                results[i] = (frame_stats(prediction, mask), mask,
-                              1000 * (spent + share + time.perf_counter() - begin))
+                mask = prediction.prob >= self.threshold  # the raw mask: the driver decides what is drawn
+                area = int(mask.sum())
+                stats = {"polyp_score": float(prediction.score), "area_fraction": area / mask.size,
+                         "mean_confidence": float(prediction.prob[mask].mean()) if area else ""}
+                results[i] = (stats, mask, 1000 * (spent + share + time.perf_counter() - begin))
         for i in range(n):
             for k in ("exam", "kind", "index", "time_ms", "note", "height", "width"):
                 out[k].append(batch[k][i])
             stats, mask, latency = results.get(i, ({}, None, 0.0))
             out["polyp_score"].append(stats.get("polyp_score", 0.0))
-            out["polyp_present"].append(stats.get("polyp_present", 0))
             out["area_fraction"].append(stats.get("area_fraction", 0.0))
             confidence = stats.get("mean_confidence", "")
             out["mean_confidence"].append(np.nan if confidence == "" else confidence)
@@ -304,86 +302,67 @@ def _mask(row: dict[str, Any]) -> np.ndarray:
     return np.unpackbits(np.frombuffer(row["mask"], np.uint8), count=h * w).reshape(h, w).astype(bool)
 
 
-def _timeline_png(path: Path, rows: list[dict], events, threshold: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = np.array([r["time_ms"] for r in rows]) / 1000
-    fig, ax = plt.subplots(figsize=(6, 1.3), dpi=100)
-    for event in events:
-        ax.axvspan(event.start_ms / 1000, event.end_ms / 1000, color="#ffb000", alpha=0.35, lw=0)
-    ax.plot(t, [r["polyp_score"] for r in rows], lw=0.8, color="#1f77b4")
-    ax.axhline(threshold, color="#d62728", lw=0.6, ls="--")
-    ax.set(ylim=(0, 1.02), xlim=(t[0], max(t[-1], t[0] + 1e-3)), xlabel="s")
-    ax.tick_params(labelsize=7)
-    ax.xaxis.label.set_size(7)
-    fig.tight_layout(pad=0.2)
-    fig.savefig(path)
-    plt.close(fig)
+def _results(frames: list[dict], operating_point: float) -> list[FrameResult]:
+    """The frames' figures as ``exam.FrameResult``s; the verdict at the run's operating point."""
+    return [FrameResult(int(f["index"]), float(f["time_ms"]), float(f["polyp_score"]),
+                        float(f["polyp_score"]) >= operating_point, float(f["area_fraction"]),
+                        None if np.isnan(f["mean_confidence"]) else float(f["mean_confidence"]), float(f["latency_ms"]))
+            for f in frames]
 
 
-def write_exam(exam: Exam, frames: list[dict], end: dict, rule: AlertRule, operating_point: float,
-               exams_dir: Path, overlay: bool) -> dict:
-    """Track the alerts of one exam's frames (in frame order) and write its folder; returns its summary."""
+def _pictures(exam: Exam, fps: float, indices: list[int]):
+    """The exam decoded again: (index, RGB picture or None) for each of ``indices``, in order."""
+    src = open_source(exam.source)
+    src.fps = fps
+    try:
+        decoded = ((i, image) for i, image, _t in src.frames() if isinstance(image, np.ndarray))
+        current = next(decoded, None)
+        for index in indices:
+            while current is not None and current[0] < index:
+                current = next(decoded, None)
+            yield index, (current[1] if current is not None and current[0] == index else None)
+    finally:
+        src.close()
+
+
+def write_exam(exam: Exam, frames: list[dict], end: dict, rule: AlertRule, exams_dir: Path, overlay: bool,
+               outlines: str = "alert", about: dict | None = None) -> dict:
+    """One exam's frames (in frame order) through ``exam.ExamLog`` and ``exam.ExamWriter`` into its folder
+    (written under a temporary name, then renamed); returns its summary."""
     final = exams_dir / exam.name
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    results = _results(frames, rule.operating_point)
+    probe = ExamLog(rule, outlines)  # pictures are needed for the alerts' thumbnails or the overlay only
+    for r in results:
+        probe.add(r)
+    probe.close()
+    writer = ExamWriter(exam_files(tmp), ExamLog(rule, outlines))
     try:
-        tracker = AlertTracker(rule)
-        rows, alert_on = [], {}
-        for f in frames:
-            stats = {"polyp_score": f["polyp_score"], "polyp_present": f["polyp_present"],
-                     "area_fraction": f["area_fraction"],
-                     "mean_confidence": "" if np.isnan(f["mean_confidence"]) else f["mean_confidence"]}
-            row, state = track_frame(tracker, f["index"], f["time_ms"], stats)
-            row["latency_ms"] = f["latency_ms"]
-            rows.append(row)
-            alert_on[f["index"]] = state.alert
-        stats = VideoStats(source=exam.source, output=None, csv=None, frames=len(rows), skipped=end["skipped"],
-                           rule=rule, events=tracker.events, duration_ms=tracker.duration_ms)
-        tracker.close()
-        (tmp / "frames.csv").write_text(csv_text(rows, CSV_FIELDS))
-        peaks = {event.peak_frame: number for number, event in enumerate(tracker.events, 1)}
-        if peaks or overlay:
-            by_index = {f["index"]: f for f in frames}
-            (tmp / "alerts").mkdir()
-
-            def drawn():  # the exam decoded again, each frame drawn as polypseg video draws it
-                src = open_source(exam.source)
-                src.fps = end["fps"]
-                try:
-                    for index, image, _t in src.frames():
-                        f = by_index.get(index)
-                        if f is None or not isinstance(image, np.ndarray):
-                            continue
-                        frame = draw_overlay(image, _mask(f), f["area_fraction"], None, alert_on[index])
-                        if index in peaks:
-                            (tmp / "alerts" / thumbnail_name(peaks[index])).write_bytes(jpeg_thumbnail(frame))
-                        yield frame
-                finally:
-                    src.close()
-
-            if overlay:
-                write_clip(drawn(), tmp / "overlay.mp4", fps=end["fps"])
-            else:
-                for _ in drawn():
-                    pass
-            if not peaks:
-                (tmp / "alerts").rmdir()
-        (tmp / "events.csv").write_text(events_csv_text(tracker.events, "alerts"))
-        _timeline_png(tmp / "timeline.png", rows, tracker.events, rule.threshold)
-        summary = video_summary(stats, operating_point)
-        summary.update(exam=exam.name, source_fps=round(end["fps"], 3),
-                       polyp_frame_share=round(sum(r["polyp_present"] for r in rows) / len(rows), 6),
-                       peak_score=max(r["polyp_score"] for r in rows),
-                       first_alert_ms=tracker.events[0].start_ms if tracker.events else None)
-        (tmp / DONE).write_text(json.dumps(summary, indent=2) + "\n")
+        if overlay or probe.events:
+            for f, result, (_, image) in zip(frames, results, _pictures(exam, end["fps"], [r.index for r in results])):
+                step = writer.log.add(result)
+                drawn = None if image is None else draw_frame(image, _mask(f), step.style, step.state.alert)
+                if overlay and drawn is not None:
+                    if writer.video is None:
+                        size = even_size(drawn)
+                        writer.open_video(tmp / "overlay.mp4", lambda path: open_writer(path, size, end["fps"]))
+                    w, h = writer.video.size
+                    drawn = drawn[:h, :w]
+                writer.frame(step, drawn)
+        else:
+            for result in results:
+                writer.frame(writer.log.add(result), None)
+        errors = writer.close_stream()
+        if errors:
+            raise errors[0]
+        summary = writer.finish({"exam": exam.name, "source": exam.source, "skipped": end["skipped"],
+                                 "processing_fps": None, **(about or {})})
         os.chmod(tmp, 0o755)
         publish_folder(tmp, final, keep=True)
         return summary
     finally:
+        writer.discard()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -502,6 +481,9 @@ def run_batch(
     batch_size: int = 16,
     overlay: bool = False,
     rule: AlertRule | None = None,
+    site: str | None = None,
+    alert_overrides: dict | None = None,
+    outlines: str = "alert",
     threshold: float | None = None,
     fps: float | None = None,
     show_progress: bool = True,
@@ -516,8 +498,10 @@ def run_batch(
     ``address``: a Ray cluster to join (default: start one here with ``num_cpus``, default every core).
     ``workers``: model actors (default: the cluster's CPUs / ``threads``); ``threads``: inference threads
     per actor (default 1). ``precision`` (onnxruntime): ``auto`` runs the int8 file beside the checkpoint
-    where there is one (the real-time model ships one), as ``polypseg video`` does. Exams already done in
-    ``out`` are skipped.
+    where there is one (the real-time model ships one), as ``polypseg video`` does. The alert rule: ``rule``
+    when given, else ``alert_overrides`` (operating_point, smoothing_ms, onset_ms, release_ms) over the site
+    profile ``site`` over the defaults (``sites.rule_for``); every frame's verdict is at the rule's operating
+    point; ``outlines`` as ``polypseg video`` (``exam.OUTLINES``). Exams already done in ``out`` are skipped.
     """
     check_precision(backend, precision)
     if batch_size < 1:
@@ -530,7 +514,13 @@ def run_batch(
     check_writable(out, "the batch output folder (-o)", folder=True)
     weights = resolve_model(checkpoint)
     cfg = Config.from_dict(read_checkpoint_meta(weights)["config"])
-    rule = (rule or AlertRule()).resolved(cfg.operating_point)
+    check_outlines(outlines)
+    if rule is None:
+        from .sites import load, rule_for
+
+        profile = load(weights, site, file_sha256(weights)) if site is not None else None
+        rule = rule_for(profile, cfg.effective_operating_point, **(alert_overrides or {}))
+    rule = rule.resolved(cfg.effective_operating_point)
     exams_dir = out / "exams"
     exams_dir.mkdir(parents=True, exist_ok=True)
     for stale in exams_dir.rglob(".*.tmp"):  # an earlier run stopped while writing
@@ -545,7 +535,8 @@ def run_batch(
     logfile = out / "batch.log"
     _append_log(logfile, f"start: {len(exams)} exam(s), {len(result.skipped)} already done, {len(todo)} to do")
     threads = threads or 1
-    settings = {"model": str(weights), "backend": backend, "precision": precision, "operating_point": cfg.operating_point,
+    settings = {"model": str(weights), "backend": backend, "precision": precision, "operating_point": rule.operating_point,
+                "site": site, "outlines": outlines,
                 "threshold": cfg.decision_threshold if threshold is None else threshold, "rule": rule.as_dict(),
                 "address": address, "batch_size": batch_size, "threads_per_worker": threads, "overlay": overlay}
     start = time.perf_counter()
@@ -650,8 +641,8 @@ def _run(ray, todo: list[Exam], result: BatchResult, settings: dict, rule: Alert
                     got = pending.pop(name)
                     frames = [got[k] for k in sorted(got)]
                     try:
-                        s = write_exam(by_name[name], frames, ends.pop(name), rule, settings["operating_point"],
-                                       exams_dir, settings["overlay"])
+                        s = write_exam(by_name[name], frames, ends.pop(name), rule, exams_dir, settings["overlay"],
+                                       settings["outlines"], {"model": settings["model"], "site": settings["site"]})
                     except (PolypsegError, OSError, ValueError) as err:
                         fail(name, f"writing its outputs failed: {err}")
                         continue

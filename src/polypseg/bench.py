@@ -20,13 +20,15 @@ import numpy as np
 import torch
 
 from .config import DEFAULT_DATA, Config
-from .data import index_dataset, read_image
+from .data import index_dataset
 from .errors import PolypsegError
 from .export import export_onnx, load_checkpoint_config, spread, write_int8
 from .model import build_model, save_checkpoint
 from .predict import DEFAULT_MODEL, Predictor
 from .runtime import SPIN_DEFAULT, cpu_cores
-from .video import draw_overlay, open_source, open_writer, run_video, write_clip
+from .media import open_source, open_writer, read_image, write_clip
+from .video import run_video
+from .viz import draw_frame
 
 BENCH_ENCODERS = ("resnet50", "tu-tf_efficientnet_lite0")
 REALTIME_ENCODER = "tu-tf_efficientnet_lite0"
@@ -194,7 +196,7 @@ def video_runs(clip: Path, model: Path | None, label: str, settings: list[dict[s
     for _ in range(repeats):
         for i, predictor in enumerate(predictors):
             stats = run_video(clip, predictor, tmp / f"out-{i}.mp4", show_progress=False)
-            fps[i].append(stats.fps)
+            fps[i].append(stats.processing_fps)
             latency[i].append(stats.latency_median_ms)
             frames = stats.frames
     return [{"model": label, "runtime": predictors[i].runtime, "threads": kw["threads"],
@@ -232,7 +234,7 @@ def stage_costs(clip: Path, predictor: Predictor, out: Path) -> list[dict[str, A
     def draw(item):
         (x, fitted), image, prob = item
         mask = predictor.finish(prob, fitted, image.shape[:2]).mask(threshold)
-        return draw_overlay(image, mask, float(mask.mean()), 30.0)
+        return draw_frame(image, mask, "shown", alert=False)
 
     drawn, overlay_ms = _timed(draw, list(zip(prepared, images, probs)))
     writer = open_writer(out, (images[0].shape[1], images[0].shape[0]), 25)

@@ -28,19 +28,22 @@ from .splits import resolve_split
 
 def calibrate(run: str | Path, sensitivity: float | None = None, choose_threshold: bool | None = None,
               negatives: list[str] | None = None, specificity: float | None = None,
-              out: str | Path | None = None) -> Path:
+              out: str | Path | None = None, verdict: str | None = None) -> Path:
     """Choose the verdict's operating point of a trained model again.
 
     Without ``negatives``: on the run folder's own validation side (``sensitivity``: the share of validation
     polyp frames to keep flagged; ``choose_threshold``: pick the mask threshold there too, else 0.5; both
-    default to the run's), for a run whose training ended early or to move the point. With ``negatives``
+    default to the run's), for a run whose training ended early or to move the point; ``verdict``: choose
+    it for another score source (``Config.verdict``, e.g. ``logit``), the point chosen anew. With ``negatives``
     (folders of polyp-free frames the model never trained on): the lowest point that keeps ``specificity``
     of them quiet (see ``calibrate_on_negatives``). Returns the run folder or the checkpoint written."""
     if negatives:
         if sensitivity is not None or choose_threshold is not None:
             raise PolypsegError("--negatives chooses the operating point for a specificity on those frames; "
                                 "--sensitivity and --choose-threshold work on a run's validation side. Use one or the other.")
-        return calibrate_on_negatives(run, negatives, specificity, out)
+        return calibrate_on_negatives(run, negatives, specificity, out, verdict=verdict)
+    if verdict is not None:
+        _set_verdict(run, verdict)
     if specificity is not None or out is not None:
         raise PolypsegError("--specificity and -o go with --negatives DIR (polyp-free frames the model never "
                             "trained on). Without it the run's validation side is used, for --sensitivity.")
@@ -52,6 +55,9 @@ def calibrate(run: str | Path, sensitivity: float | None = None, choose_threshol
     if sensitivity is not None and not 0 < sensitivity <= 1:
         raise PolypsegError(f"--sensitivity must lie in (0, 1], got {sensitivity}.")
     cfg = Config.load(run / "config.json")
+    if read_checkpoint_meta(run / "best.safetensors")["metrics"].get("operating_point_from") and cfg.operating_point is not None:
+        cfg = cfg.replace(operating_point=None)  # a point chosen before (not one given): chosen again below
+        update_checkpoints(run, {"operating_point": None}, {})
     if sensitivity is not None:
         cfg = cfg.replace(verdict_sensitivity=float(sensitivity))
     if choose_threshold is not None:
@@ -66,6 +72,17 @@ def calibrate(run: str | Path, sensitivity: float | None = None, choose_threshol
     by_id = {p.id: p for p in index.pairs}
     finish_run(run, [by_id[i] for i in split.val])
     return run
+
+
+def _set_verdict(run: str | Path, verdict: str) -> None:
+    """The run folder's (or checkpoint's) verdict set to ``verdict``, its operating point cleared (to be
+    chosen again)."""
+    run = Path(run)
+    if not (run / "best.safetensors").is_file():
+        raise PolypsegError(f"--verdict changes a run folder's score source; '{run}' is not a run folder. For a "
+                            "checkpoint or a shipped model, copy it with --negatives ... -o OUT first.")
+    Config.load(run / "config.json").replace(verdict=verdict)  # checked before anything is written
+    update_checkpoints(run, {"verdict": verdict, "operating_point": None}, {})
 
 
 def finish_run(run: Path, val_pairs) -> None:
@@ -84,18 +101,26 @@ def finish_run(run: Path, val_pairs) -> None:
             update_checkpoints(run, {"threshold": None}, {"threshold_from": "default"})  # an earlier choice undone
         print("decision threshold 0.50, the default (--choose-threshold picks one on the validation side)")
     if any(p.polyp is False for p in val_pairs):
-        if cfg.verdict_threshold is None:
+        if cfg.operating_point is None:
             _choose_operating_point(run, [p for p in val_pairs if p.mask is not None or p.polyp is False])
         else:
-            print(f"operating point {cfg.verdict_threshold:.3f} as given (not chosen on the validation side)")
+            print(f"operating point {cfg.operating_point:.3f} as given (not chosen on the validation side)")
+
+
+SHARED_KEYS = ("operating_point", "verdict")  # what config.json and the checkpoints always agree on
 
 
 def update_checkpoints(run: Path, changes: dict, metrics: dict) -> None:
-    """Config ``changes`` and ``metrics`` written into the run folder's best and last checkpoints."""
+    """Config ``changes`` and ``metrics`` written into the run folder's best and last checkpoints; the verdict
+    and its operating point into ``config.json`` too, so that all three hold the same point (a chosen mask
+    threshold stays in the checkpoints: config.json keeps what was given)."""
     for name in ("best", "last"):
         meta = read_checkpoint_meta(run / f"{name}.safetensors")
         cfg = Config.from_dict(meta["config"]).replace(**changes)
         write_checkpoint_meta(run / f"{name}.safetensors", cfg, meta["epoch"], {**meta["metrics"], **metrics})
+    shared = {k: v for k, v in changes.items() if k in SHARED_KEYS}
+    if (run / "config.json").is_file() and shared:
+        Config.load(run / "config.json").replace(**shared).save(run / "config.json")
 
 
 def _choose_operating_point(run: Path, val_pairs) -> None:
@@ -121,7 +146,7 @@ def _choose_operating_point(run: Path, val_pairs) -> None:
     metrics.update(operating_point_from="validation", val_frames_polyp=int(labels.sum()),
                    val_frames_polyp_free=int((labels == 0).sum()), val_sensitivity=rates["sensitivity"],
                    val_specificity=rates["specificity"])
-    update_checkpoints(run, {"verdict_threshold": point}, metrics)
+    update_checkpoints(run, {"operating_point": point}, metrics)
     shown = ", ".join(f"{name} {auc:.3f}" for name, auc in aucs.items() if auc is not None)
     print(f"verdict '{cfg.verdict}': operating point {point:.4f} chosen on the validation side for sensitivity "
           f"{cfg.verdict_sensitivity:.2f} ({int(labels.sum())} polyp, {int((labels == 0).sum())} polyp-free frames: "
@@ -144,12 +169,13 @@ def _trained_folders(cfg: Config) -> set[Path]:
 
 
 def calibrate_on_negatives(model: str | Path, negatives: list[str], specificity: float | None,
-                           out: str | Path | None = None, progress: bool = True) -> Path:
+                           out: str | Path | None = None, progress: bool = True, verdict: str | None = None) -> Path:
     """The verdict's operating point for ``specificity``: the lowest polyp score at which at most
     ``1 - specificity`` of the polyp-free frames in ``negatives`` are flagged. The folders must be none the
     model trained or validated on. ``model``: a run folder (its best and last checkpoints are updated in
     place unless ``out`` is given), a checkpoint or a shipped model's name (``out`` required: the weights are
     copied byte for byte beside the new JSON, and the ``split.json`` beside them where the folder has none).
+    ``verdict``: the score source to choose the point for (default: the model's).
     What sensitivity the point keeps is for ``polypseg evaluate`` to say, on polyp frames. Returns the
     checkpoint written (or the run folder)."""
     from .predict import Predictor, resolve_model
@@ -167,6 +193,8 @@ def calibrate_on_negatives(model: str | Path, negatives: list[str], specificity:
         raise PolypsegError(f"-o '{out}' must end in .safetensors (its .json is written beside it).")
     meta = read_checkpoint_meta(weights)
     cfg = Config.from_dict(meta["config"])
+    if verdict is not None:
+        cfg = cfg.replace(verdict=verdict, operating_point=None)
     seen = _trained_folders(cfg)
     for given in negatives:
         if Path(given).resolve() in seen:
@@ -177,6 +205,7 @@ def calibrate_on_negatives(model: str | Path, negatives: list[str], specificity:
     if not pairs:
         raise PolypsegError(f"No frame found in {', '.join(negatives)}.")
     predictor = Predictor(weights)
+    predictor.config = cfg
     scores = np.array([predictor.predict(load_pair(p)[0]).score
                        for p in progress_lines(pairs, desc="calibrate", unit="img", enabled=progress)])
     point = operating_point_for_specificity(scores, np.zeros(len(scores)), specificity)
@@ -185,7 +214,7 @@ def calibrate_on_negatives(model: str | Path, negatives: list[str], specificity:
     metrics = {**meta["metrics"], "operating_point_from": "polyp-free frames",
                "operating_point_specificity": float(specificity), "operating_point_frames": len(pairs),
                "operating_point_folders": names, "operating_point_flagged": flagged}
-    changes = {"verdict_threshold": point}
+    changes = {"operating_point": point, "verdict": cfg.verdict}
     if run is not None and out is None:
         update_checkpoints(run, changes, metrics)
         target = run
@@ -203,3 +232,70 @@ def calibrate_on_negatives(model: str | Path, negatives: list[str], specificity:
           f"written to {target}. The sensitivity it keeps shows on polyp frames: polypseg evaluate --run {target} "
           "--test-set DIR")
     return target
+
+
+def validation_polyp_scores(weights: Path, predictor, progress: bool = True) -> np.ndarray | None:
+    """The polyp scores of the model's own validation polyp frames (its run's split.json, beside the weights),
+    or None when it has no validation side or its data is not on this machine."""
+    split_file = weights.parent / "split.json"
+    if not split_file.is_file():
+        return None
+    cfg = predictor.config
+    try:
+        index = index_dataset(cfg.data)
+        split = resolve_split(cfg.replace(split=str(split_file), negatives=[]), index)
+    except (PolypsegError, KeyError):  # the data is elsewhere, or not the data the split names
+        return None
+    by_id = {p.id: p for p in index.pairs}
+    pairs = [by_id[i] for i in split.val if i in by_id and by_id[i].mask is not None and by_id[i].polyp is not False]
+    if not pairs:
+        return None
+    scores = [predictor.predict(load_pair(p)[0]).score
+              for p in progress_lines(pairs, desc="validation polyp frames", unit="img", enabled=progress)]
+    return np.array(scores, np.float64)
+
+
+def calibrate_site(model: str | Path, name: str, sources: list[str | Path], *,
+                   false_alerts_per_minute: float | None = None, flagged_share: float | None = None,
+                   onset_ms: float | None = None, fps: float | None = None, precision: str = "fp32",
+                   progress: bool = True):
+    """A site profile for ``model`` (run folder, checkpoint or shipped name): every frame of ``sources`` (the
+    site's polyp-free exam videos or folders of polyp-free frames; a folder's frames are timed at ``fps``,
+    default 25) scored, then ``sites.choose`` for the target, with the sensitivity on the model's validation
+    polyp frames where it has them. Saved beside the weights (``sites.site_path``); returns (profile, path)."""
+    from .media import open_source
+    from .predict import Predictor, resolve_model
+    from .runtime import file_sha256
+    from . import sites
+
+    sites.check_name(name)
+    if not sources:
+        raise PolypsegError("Give the site's polyp-free video (--site-video CLIP, repeatable) or folders of its "
+                            "polyp-free frames.")
+    weights = resolve_model(str(model))
+    predictor = Predictor(weights, backend="onnxruntime", precision=precision) if precision != "fp32" else Predictor(weights)
+    clips = []
+    for source in sources:
+        src = open_source(source)
+        if fps:
+            src.fps = fps
+        times, scores = [], []
+        try:
+            for _index, image, t_ms in progress_lines(src.frames(), desc=f"site {Path(str(source)).name}", unit="frame", total=src.total,
+                                                      enabled=progress):
+                if isinstance(image, np.ndarray):
+                    times.append(t_ms)
+                    scores.append(predictor.predict(image).score)
+        finally:
+            src.close()
+        if not scores:
+            raise PolypsegError(f"No frame of {source} could be read.")
+        clips.append(sites.Clip(np.array(times, np.float64), np.array(scores, np.float64)))
+    polyp_scores = validation_polyp_scores(weights, predictor, progress)
+    profile = sites.choose(name, clips, polyp_scores, false_alerts_per_minute=false_alerts_per_minute,
+                           flagged_share=flagged_share, onset_ms=onset_ms)
+    from dataclasses import replace
+
+    profile = replace(profile, verdict=predictor.config.verdict, model_sha256=file_sha256(weights),
+                      sources=[str(s) for s in sources])
+    return profile, sites.save(profile, weights)

@@ -35,7 +35,8 @@ CONFIG_HELP = {
     "split": "split JSON from `polypseg data split`, or a CSV of id,side (default: made with --split-strategy)",
     "split_strategy": "random | sequence | kfold | pranet, when no --split is given",
     "fold": "fold of a kfold split file",
-    "augment": "train augmentation preset: default | strong | light | none",
+    "augment": "train augmentation preset: default | strong | hospitals (default + cap rims, borders and panels, "
+               "highlights, bubbles, instruments, other towers' colour) | light | none",
     "multi_scale": "multi-scale training as PraNet: each step's batch resized by one of these factors, e.g. 0.75 1 1.25 "
                    "(sides rounded to multiples of 32; default off)",
     "epochs": "training epochs",
@@ -61,12 +62,15 @@ CONFIG_HELP = {
     "crop": "cut every frame to its endoscopic image (black borders, side panels) before the model",
     "corner": "black out this lower-left corner of the endoscopic image in every frame (height, width fractions)",
     "aux_head": "an image-level polyp/no-polyp head on the encoder, trained with the mask",
-    "verdict": "polyp score per frame: head (image-level head) | peak (highest pixel probability) | area",
-    "verdict_threshold": "operating point on the polyp score (default: chosen on validation for --verdict-sensitivity)",
+    "verdict": "polyp score per frame: logit (mean logit of the map's top 0.1%% of pixels) | head (image-level head) | "
+               "peak (highest pixel probability) | area",
+    "operating_point": "the verdict's operating point on the polyp score (default: chosen on validation for --verdict-sensitivity)",
     "verdict_sensitivity": "share of validation polyp frames the chosen operating point keeps flagged (default 0.95)",
     "negatives": "folder of polyp-free frames (images, no masks); repeatable; split like the data, sequences kept whole",
     "negatives_fraction": "share of polyp-free frames in each epoch (default: every one once per epoch)",
     "negatives_mask_weight": "weight of the mask loss on polyp-free frames (the head learns them at full weight)",
+    "polyp_free_views": "also train on polyp-free views cut out of the training polyp frames (boxes with no polyp "
+                        "pixel, several scales), as polyp-free frames of those hospitals",
 }
 
 
@@ -136,7 +140,13 @@ def _data_preview(args) -> int:
     from .transforms import preview
 
     cfg = _config_from_args(args)
-    pairs = index_dataset(args.dir).pairs
+    index = index_dataset(args.dir, negatives=cfg.negatives)
+    pairs = list(index.pairs)
+    if cfg.polyp_free_views:  # a few frames' views beside them, as training sees them
+        from .data import polyp_free_views
+
+        polyp = [p for p in pairs if p.polyp is not False][: max(args.n, 8)]
+        pairs += polyp_free_views(polyp, cfg.width / cfg.height, cfg.seed)
     out = preview(pairs, cfg, args.output, n=args.n, seed=cfg.seed)
     print(f"written: {out}")
     return 0
@@ -193,11 +203,41 @@ def _evaluate(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from .calibration import calibrate
+    from .calibration import calibrate, calibrate_site
 
+    if args.site or args.site_video:
+        if not (args.site and args.site_video):
+            raise PolypsegError("A site profile needs its name and its polyp-free video: --site NAME --site-video CLIP "
+                                "(repeatable; a folder of polyp-free frames works too).")
+        if args.sensitivity is not None or args.negatives or args.specificity is not None or args.output:
+            raise PolypsegError("--site chooses a site's operating point and alert onset on its own video; leave out "
+                                "--sensitivity, --negatives, --specificity and -o.")
+        profile, path = calibrate_site(args.run, args.site, args.site_video,
+                                       false_alerts_per_minute=args.target_false_alerts_per_minute,
+                                       flagged_share=args.target_flagged_share, onset_ms=args.onset_ms, fps=args.fps,
+                                       progress=not args.no_progress)
+        print(format_site(profile))
+        print(f"written: {path}\nuse it with --site {profile.name} (video, serve, batch) or Predictor(..., site='{profile.name}')")
+        return 0
     calibrate(args.run, sensitivity=args.sensitivity, choose_threshold=args.choose_threshold,
-              negatives=args.negatives, specificity=args.specificity, out=args.output)
+              negatives=args.negatives, specificity=args.specificity, out=args.output, verdict=args.verdict)
     return 0
+
+
+def format_site(profile) -> str:
+    """A site profile in a few lines: the setting, its target and what it costs."""
+    m = profile.measured
+    fa = m.get("false_alerts_per_minute")
+    sens = m.get("validation_sensitivity")
+    target = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in profile.target.items())
+    return "\n".join([
+        f"site '{profile.name}': operating point {profile.operating_point:.4g} (verdict '{profile.verdict}'), alert onset "
+        f"{profile.onset_ms:g} ms, release {profile.release_ms:g} ms (target: {target})",
+        f"on the site's {m['frames']} polyp-free frames ({m['minutes']:.2f} min): {100 * m['flagged_share']:.1f}% flagged, "
+        + (f"{fa:.2f} false alerts per minute ({m['false_alerts']})" if fa is not None else "false alerts per minute unknown (no timestamps)"),
+        f"sensitivity on the model's {m['validation_polyp_frames']} validation polyp frames: {100 * sens:.1f}%" if sens is not None
+        else "sensitivity: unknown (the model has no validation side here: check it on polyp frames with polypseg evaluate)",
+    ])
 
 
 def _compare(args) -> int:
@@ -222,7 +262,7 @@ def _predictor(args, tta: bool = False):
     from .predict import Predictor
 
     return Predictor(args.run, device=args.device, tta=tta, backend=args.backend, onnx_path=args.onnx,
-                     threads=args.threads, precision=args.precision)
+                     threads=args.threads, precision=args.precision, site=getattr(args, "site", None))
 
 
 def _predict(args) -> int:
@@ -238,21 +278,21 @@ def _predict(args) -> int:
     return 0
 
 
-def _alert_rule(args):
-    from .alerts import AlertRule
-
-    return AlertRule(threshold=args.alert_threshold, smoothing_ms=args.alert_smoothing_ms,
-                     onset_ms=args.alert_onset_ms, release_ms=args.alert_release_ms)
+def _alert_overrides(args) -> dict:
+    """The alert rule's settings given on the command line (None: the site's, else the defaults)."""
+    return dict(operating_point=args.operating_point, smoothing_ms=args.alert_smoothing_ms,
+                onset_ms=args.alert_onset_ms, release_ms=args.alert_release_ms)
 
 
 def _video(args) -> int:
     from .video import output_paths, run_video
 
-    rule = _alert_rule(args)
     output_paths(args.output, args.csv)  # checked before the model loads
+    predictor = _predictor(args)
     stats = run_video(
-        args.source, _predictor(args), args.output, csv_path=args.csv, max_frames=args.max_frames,
-        show_progress=not args.no_progress, alerts=rule,
+        args.source, predictor, args.output, csv_path=args.csv, max_frames=args.max_frames,
+        show_progress=not args.no_progress, alerts=predictor.alert_rule(**_alert_overrides(args)),
+        outlines="all" if args.show_all_outlines else "alert",
     )
     print(stats)
     return 0
@@ -265,7 +305,8 @@ def _batch(args) -> int:
         args.inputs, args.output, checkpoint=args.run, backend=args.backend, precision=args.precision,
         address=args.address,
         workers=args.workers, threads=args.threads, batch_size=args.batch_size, overlay=args.overlay,
-        rule=_alert_rule(args), fps=args.fps, show_progress=not args.no_progress, num_cpus=args.num_cpus,
+        site=args.site, alert_overrides=_alert_overrides(args), outlines="all" if args.show_all_outlines else "alert",
+        fps=args.fps, show_progress=not args.no_progress, num_cpus=args.num_cpus,
     )
     print(result)
     return 1 if result.errors else 0
@@ -277,7 +318,7 @@ def _serve(args) -> int:
     settings = ServeSettings(
         run=args.run, backend=args.backend, onnx=args.onnx, precision=args.precision, device=args.device, threads=args.threads,
         token=args.token, max_upload_mb=args.max_upload_mb, max_video_mb=args.max_video_mb, workers=args.workers,
-        max_pending=args.max_pending, max_jobs=args.max_jobs, allowed_hosts=args.allowed_hosts,
+        max_pending=args.max_pending, max_jobs=args.max_jobs, allowed_hosts=args.allowed_hosts, site=args.site,
     )
     serve(settings, host=args.host, port=args.port, insecure=args.insecure)
     return 0
@@ -300,18 +341,24 @@ def _benchmark(args) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 def alert_flags(q: argparse.ArgumentParser) -> None:
-    """The alert rule's flags (video, batch)."""
+    """The verdict's and the alert rule's flags (video, batch): a site profile, or settings one by one."""
     from .alerts import DEFAULT_ONSET_MS, DEFAULT_RELEASE_MS, DEFAULT_SMOOTHING_MS
 
-    al = q.add_argument_group("alerts", "when the polyp score raises an alert (timed by the frames' timestamps)")
-    al.add_argument("--alert-threshold", type=float, metavar="T",
-                    help="alert when the smoothed polyp score is at or above this (default: the model's operating point)")
-    al.add_argument("--alert-smoothing-ms", type=float, default=DEFAULT_SMOOTHING_MS, metavar="MS",
-                    help=f"time constant of the score's moving average, 0: none (default {DEFAULT_SMOOTHING_MS:g})")
-    al.add_argument("--alert-onset-ms", type=float, default=DEFAULT_ONSET_MS, metavar="MS",
-                    help=f"the smoothed score stays above this long before an alert starts (default {DEFAULT_ONSET_MS:g})")
-    al.add_argument("--alert-release-ms", type=float, default=DEFAULT_RELEASE_MS, metavar="MS",
-                    help=f"and below this long before it ends (default {DEFAULT_RELEASE_MS:g})")
+    al = q.add_argument_group("alerts", "when the polyp score raises an alert (timed by the frames' timestamps); "
+                              "an outline is drawn only while an alert is on")
+    al.add_argument("--site", metavar="NAME", help="a site profile of the model (`polypseg calibrate --site NAME`): its "
+                    "operating point and alert onset")
+    al.add_argument("--operating-point", type=float, metavar="S", help="the verdict's operating point on the polyp "
+                    "score, for frames and alerts (default: the site's, else the model's)")
+    al.add_argument("--alert-smoothing-ms", type=float, metavar="MS",
+                    help=f"time constant of the score's moving average, 0: none (default: the site's, else {DEFAULT_SMOOTHING_MS:g})")
+    al.add_argument("--alert-onset-ms", type=float, metavar="MS",
+                    help=f"the smoothed score stays at or above the operating point this long before an alert starts "
+                         f"(default: the site's, else {DEFAULT_ONSET_MS:g})")
+    al.add_argument("--alert-release-ms", type=float, metavar="MS",
+                    help=f"and below it this long before it ends (default: the site's, else {DEFAULT_RELEASE_MS:g})")
+    al.add_argument("--show-all-outlines", action="store_true", help="research: also draw the raw outlines the "
+                    "verdict and the alert rule hide, in magenta (never the default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -404,8 +451,23 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--negatives", action="append", metavar="DIR",
                     help="polyp-free frames the model never trained on (repeatable): choose the point for --specificity on them")
     cb.add_argument("--specificity", type=float, help="with --negatives: share of those frames the point keeps quiet (e.g. 0.95)")
+    cb.add_argument("--verdict", choices=["logit", "head", "peak", "area"], help="a run folder: choose the point for "
+                    "this score source instead (logit: the mean logit of the map's top pixels)")
     cb.add_argument("-o", "--output", help="with --negatives: the calibrated checkpoint OUT.safetensors (weights copied "
                     "unchanged; required unless --run is a run folder, which is updated in place)")
+    st = cb.add_argument_group("site", "a site's own operating point and alert onset, chosen on its polyp-free video")
+    st.add_argument("--site", metavar="NAME", help="the site profile to make (saved beside the model as "
+                    "WEIGHTS.site-NAME.json; chosen later with --site NAME)")
+    st.add_argument("--site-video", action="append", metavar="CLIP", help="the site's polyp-free exam video, or a "
+                    "folder of its polyp-free frames (repeatable)")
+    st.add_argument("--target-false-alerts-per-minute", type=float, metavar="F", help="at most F false alerts a minute "
+                    "on those frames")
+    st.add_argument("--target-flagged-share", type=float, metavar="S", help="or: at most this share of those frames "
+                    "flagged (e.g. 0.05)")
+    st.add_argument("--onset-ms", type=float, metavar="MS", help="keep this alert onset (default: chosen among 0-500 "
+                    "ms for a false-alert target, 200 ms for a flagged-share target)")
+    st.add_argument("--fps", type=float, help="frame rate of folders of frames (default 25)")
+    st.add_argument("--no-progress", action="store_true", help="no progress lines")
     cb.set_defaults(func=_calibrate)
 
     cp = sub.add_parser("compare", help="two evaluations of the same images: paired difference B - A with its CI")
@@ -483,7 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-video-mb", type=float, default=500.0, help="largest video upload (default 500)")
     sv.add_argument("--workers", type=int, default=2, help="inference threads for images and live frames")
     sv.add_argument("--max-pending", type=int, default=64, help="frames in flight or waiting; beyond: 503")
-    sv.add_argument("--max-jobs", type=int, default=4, help="video jobs waiting; beyond: 503")
+    sv.add_argument("--max-jobs", type=int, default=4, help="video and site jobs waiting; beyond: 503")
+    sv.add_argument("--site", metavar="NAME", help="start with this site profile of the model (its operating point "
+                    "and alert rule, WEIGHTS.site-NAME.json; made by `polypseg calibrate --site` or the page's "
+                    "Settings tab, which can also apply another while the server runs)")
     sv.set_defaults(func=_serve)
 
     x = sub.add_parser("export", help="export a run to ONNX (dynamic height and width)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from .files import atomic_write_text
 
 DEFAULT_DATA = "../shared/data/cvc-clinicdb"
 RESIZE_MODES = ("fit", "stretch")
-VERDICTS = ("head", "peak", "area")
+VERDICTS = ("logit", "head", "peak", "area")
+# keys earlier polypseg versions wrote into config.json and checkpoints, and their names now
+RENAMED_KEYS = {"verdict_threshold": "operating_point"}
 
 
 @dataclass
@@ -44,10 +47,13 @@ class Config:
     # out in every frame, where scope-guide boxes sit; predictions map back to the whole frame
     crop: bool = False
     corner: tuple[float, float] | None = None
-    # the verdict per frame (polyp_present): a polyp score, its source and the operating point
+    # the verdict per frame (polyp_present): a polyp score, its source and the operating point. Three settings,
+    # three names: ``threshold`` cuts the mask (pixel probability), ``operating_point`` decides the frame
+    # (polyp score), and the alert rule (polypseg.alerts: onset, release) holds a verdict back in time.
     aux_head: bool = False  # an image-level polyp/no-polyp head on the encoder (smp aux_params), trained with the mask
-    verdict: str = "peak"  # head: the image-level head | peak: highest pixel probability | area: polyp fraction
-    verdict_threshold: float | None = None  # None: chosen on the validation side (peak without one: the mask threshold)
+    verdict: str = "peak"  # logit: mean logit of the map's top pixels (keeps its spread as models grow confident) |
+    # head: the image-level head | peak: highest pixel probability | area: polyp fraction
+    operating_point: float | None = None  # None: chosen on the validation side (else the verdict's default)
     verdict_sensitivity: float = 0.95  # the share of validation polyp frames the operating point keeps flagged
     # data: one folder, or several read together (each keeps its own split and leak count)
     data: str | list[str] = DEFAULT_DATA
@@ -58,7 +64,9 @@ class Config:
     negatives: list[str] = field(default_factory=list)  # folders of polyp-free frames (no masks)
     negatives_fraction: float | None = None  # share of polyp-free frames in each epoch; None: as many as there are
     negatives_mask_weight: float = 1.0  # weight of the mask loss on polyp-free frames (the head always learns them)
-    augment: str = "default"  # train augmentation preset: default | strong | light | none
+    polyp_free_views: bool = False  # also train on polyp-free views cut out of the training polyp frames (boxes
+    # that hold no polyp pixel, polypseg.views): every hospital with masks teaches "no polyp", not one
+    augment: str = "default"  # train augmentation preset: default | strong | hospitals | light | none
     multi_scale: tuple[float, ...] | None = None  # PraNet's multi-scale training: each step's batch resized by
     # one of these factors (sides rounded to multiples of 32; e.g. 0.75, 1, 1.25); None: every step at height x width
     skip_bad: bool = False  # leave out unreadable pairs (listed) instead of refusing the data
@@ -111,8 +119,11 @@ class Config:
             raise PolypsegError(f"--ema is the decay of the weights' moving average, between 0 and 1 (e.g. 0.998), got {self.ema}.")
         if not float(self.distill_weight) > 0.0:
             raise PolypsegError(f"--distill-weight must be above 0, got {self.distill_weight}.")
-        if self.verdict_threshold is not None and not 0.0 <= float(self.verdict_threshold) <= 1.0:
-            raise PolypsegError(f"The verdict threshold must lie between 0 and 1, got {self.verdict_threshold}.")
+        if self.operating_point is not None:
+            bounded = self.verdict != "logit"  # probabilities and areas lie in [0, 1], logits anywhere
+            if not math.isfinite(float(self.operating_point)) or (bounded and not 0.0 <= float(self.operating_point) <= 1.0):
+                raise PolypsegError(f"The operating point of verdict '{self.verdict}' must be "
+                                    f"{'between 0 and 1' if bounded else 'a finite number'}, got {self.operating_point}.")
         if self.negatives_fraction is not None and not 0.0 < float(self.negatives_fraction) < 1.0:
             raise PolypsegError(
                 f"--negatives-fraction must lie strictly between 0 and 1, got {self.negatives_fraction}."
@@ -141,6 +152,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
+        values = {RENAMED_KEYS.get(k, k): v for k, v in values.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -155,13 +167,15 @@ class Config:
         return 0.5 if self.threshold is None else float(self.threshold)
 
     @property
-    def operating_point(self) -> float:
-        """The polyp score at or above which a frame is called polyp_present: the chosen or given one, else
-        the mask threshold for ``peak`` (a polyp drawn = a polyp present, as before verdicts existed), 0.5
-        for the head's probability and 0.0 (any pixel) for ``area``."""
-        if self.verdict_threshold is not None:
-            return float(self.verdict_threshold)
-        return {"peak": self.decision_threshold, "head": 0.5, "area": 1e-9}[self.verdict]
+    def effective_operating_point(self) -> float:
+        """The polyp score at or above which a frame is called polyp_present: the chosen or given
+        ``operating_point``, else the verdict's default: the mask threshold for ``peak`` and, in logit units,
+        for ``logit`` (a polyp drawn = a polyp present, as before verdicts existed), 0.5 for the head's
+        probability and 0.0 (any pixel) for ``area``."""
+        if self.operating_point is not None:
+            return float(self.operating_point)
+        t = min(max(self.decision_threshold, 1e-6), 1 - 1e-6)
+        return {"peak": self.decision_threshold, "logit": math.log(t / (1 - t)), "head": 0.5, "area": 1e-9}[self.verdict]
 
     def replace(self, **changes: Any) -> "Config":
         values = {**self.to_dict(), **changes}
@@ -260,6 +274,31 @@ PRESETS["accurate-gpu"] = dict(
     width=448,
     epochs=40,
     batch_size=16,
+    num_workers=8,
+)
+
+
+# Quiet at every hospital (issue 31): the PraNet protocol with "no polyp" taught by every hospital we have:
+# HyperKvasir's 1000 polyp-free frames and polyp-free views cut out of the CVC-ClinicDB and Kvasir-SEG training
+# frames (polypseg.views), 35% of each epoch; what sets detectors off at other hospitals drawn over every
+# frame (augment `hospitals`: cap rims, borders and panels, corner boxes, highlights, bubbles, instruments,
+# other towers' colour); an image-level head beside the mask; the verdict from the logit score, its operating
+# point chosen on a validation side (10% of each folder). CPU: fine-tune from a trained run (--init, a few
+# epochs); GPU: the `-gpu` presets train from ImageNet weights (scripts/gpu.sh).
+PRESETS["pranet-hospitals"] = dict(
+    PRESETS["pranet"],
+    val_size=0.1,
+    negatives=[HYPERKVASIR_NEGATIVES],
+    polyp_free_views=True,
+    augment="hospitals",
+    negatives_fraction=0.35,
+    negatives_mask_weight=0.5,
+    aux_head=True,
+    verdict="logit",
+)
+PRESETS["realtime-hospitals-gpu"] = dict(PRESETS["pranet-hospitals"], epochs=48, batch_size=16, num_workers=14)
+PRESETS["accurate-hospitals-gpu"] = dict(
+    PRESETS["pranet-hospitals"], encoder="tu-tf_efficientnet_lite2", height=352, width=448, epochs=40, batch_size=16,
     num_workers=8,
 )
 

@@ -15,20 +15,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 import torch
-from PIL import Image
 from .crop import picture, picture_mask
 from .errors import PolypsegError
+from .media import IMAGE_SUFFIXES, id_sort_key, image_files, normalize_id, read_image, read_mask, shape_text
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-TIFF_SUFFIXES = (".tif", ".tiff")
 
 # name -> (image folder, mask folder), relative to the dataset root. Order is the order of preference:
 # the Kaggle mirror ships the same frames as PNG and TIF, and PNG reads faster and without quirks.
@@ -70,6 +68,9 @@ class Pair:
     # Frames without a mask: True = shows a polyp (counts for frame-level sensitivity only), False =
     # polyp-free (every pixel background). None: the mask says (a frame with a mask).
     polyp: bool | None = None
+    # A polyp-free view cut out of a polyp frame (``polyp_free_views``): the frame's box (top, bottom, left,
+    # right) that holds no polyp pixel; the pair then reads as that box of the image, all background.
+    view: tuple[int, int, int, int] | None = None
 
     @property
     def polyp_free(self) -> bool:
@@ -106,16 +107,6 @@ class DatasetIndex:
 # ---------------------------------------------------------------------------------------------------
 # Finding and pairing files
 
-
-def normalize_id(stem: str) -> str:
-    """A file stem -> the frame id. Numeric stems are zero-padded to 3 digits, so that ``1.tif``,
-    ``001.png`` and the ids in sequences.csv and split files all name the same frame."""
-    return f"{int(stem):03d}" if stem.isdigit() else stem
-
-
-def id_sort_key(frame_id: str) -> tuple[int, int, str]:
-    """Numeric ids by number, then the others by name: the same order on every machine."""
-    return (0, int(frame_id), "") if frame_id.isdigit() else (1, 0, frame_id)
 
 
 def _child(folder: Path, relative: str) -> Path | None:
@@ -172,33 +163,13 @@ def _find_layout(root: Path) -> tuple[Path, str]:
     )
 
 
-def _image_files(folder: Path) -> dict[str, Path]:
-    """id -> file for the image files directly in ``folder``; two files with one id is an error."""
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        frame_id = normalize_id(path.stem)
-        if frame_id in files:
-            raise PolypsegError(
-                f"{files[frame_id]} and {path} are the same frame ({frame_id}), so it is not clear which to "
-                "use. Keep one of them in the folder."
-            )
-        files[frame_id] = path
-    if not files:
-        raise PolypsegError(
-            f"The folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}). Put the images there, "
-            "or point polypseg at the right folder."
-        )
-    return files
-
 
 def scan_folder(root: str | Path) -> DatasetIndex:
     """The index of ``root`` (possibly with no pairs: ``datacheck.check_dataset`` reports that case)."""
     given = _existing_folder(root)
     data_root, layout = _find_layout(given)
     image_dir, mask_dir = (_child(data_root, rel) for rel in LAYOUTS[layout])
-    images, masks = _image_files(image_dir), _image_files(mask_dir)
+    images, masks = image_files(image_dir), image_files(mask_dir)
     ids = sorted(images.keys() & masks.keys(), key=id_sort_key)
     sequences, source, pranet = _sequences(data_root, given, ids)
     pairs = [Pair(i, images[i], masks[i], sequences.get(i) if sequences else None) for i in ids]
@@ -232,16 +203,16 @@ def _frame_files(folder: Path) -> tuple[dict[str, Path], dict[str, int] | None, 
     direct = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     images_dir = _child(folder, "images")
     if direct:
-        files, groups = _image_files(folder), None
+        files, groups = image_files(folder), None
     elif images_dir is not None:
-        files, groups = _image_files(images_dir), None
+        files, groups = image_files(images_dir), None
     else:
         subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         files, groups = {}, {}
         for sub in subs:
             if not any(q.suffix.lower() in IMAGE_SUFFIXES for q in sub.iterdir()):
                 continue
-            for frame_id, path in _image_files(sub).items():
+            for frame_id, path in image_files(sub).items():
                 if frame_id in files:
                     raise PolypsegError(
                         f"{files[frame_id]} and {path} are both frame '{frame_id}'. Give every frame of {folder} "
@@ -508,96 +479,15 @@ def _read_pranet_csv(path: Path, ids: list[str]) -> dict[str, str]:
 # Reading files
 
 
-def _decode(path: Path, what: str, read) -> np.ndarray:
-    try:
-        return read(path)
-    except PolypsegError:
-        raise
-    except Exception as exc:  # any decoder failure means the file cannot be used; say which one
-        raise PolypsegError(
-            f"Cannot read the {what} {path}: {exc}. The file may be truncated or not an image; replace or "
-            "remove it (with its image or mask)."
-        ) from exc
-
-
-def _read_array(path: Path) -> np.ndarray:
-    """The pixels as stored. TIFFs go through tifffile: CVC-ClinicDB's image TIFFs are tagged grayscale
-    but hold RGB, which Pillow refuses."""
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        array = tifffile.imread(path, key=0)
-        if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
-            array = np.moveaxis(array, 0, -1)  # planar (channels-first) TIFF
-        return array
-    with Image.open(path) as img:
-        img.load()
-        if img.mode == "P":
-            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        elif img.mode not in ("L", "RGB", "RGBA", "LA", "1", "I;16", "I"):
-            img = img.convert("RGB")
-        return np.asarray(img)
-
-
-def _to_uint8(array: np.ndarray, path: Path, what: str) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if array.dtype == np.uint16 or (array.dtype.kind in "iu" and array.max(initial=0) > 255):
-        return (array.astype(np.uint32) >> 8).astype(np.uint8)
-    if array.dtype.kind in "iu":
-        return array.astype(np.uint8)
-    raise PolypsegError(
-        f"The {what} {path} holds {array.dtype} pixels; polypseg reads 8-bit images. Convert it to 8-bit."
-    )
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file -> RGB uint8 ``H x W x 3`` (grayscale repeated, alpha dropped)."""
-    path = Path(path)
-    array = _to_uint8(_decode(path, "image", _read_array), path, "image")
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    elif array.ndim == 3 and array.shape[2] in (1, 2):  # gray, gray + alpha
-        array = np.repeat(array[:, :, :1], 3, axis=2)
-    elif array.ndim == 3 and array.shape[2] >= 3:
-        array = array[:, :, :3]
-    else:
-        raise PolypsegError(f"The image {path} has an unexpected shape {array.shape}; expected a 2-D picture.")
-    return np.ascontiguousarray(array)
-
-
-def read_mask(path: str | Path) -> tuple[np.ndarray, int]:
-    """A mask file -> (uint8 ``H x W`` with values {0, 1}, number of pixels that were neither 0 nor 255).
-
-    Colour masks count as polyp where any channel is; values are thresholded at 128, because JPEG masks
-    (Kvasir-SEG) and some original ones (CVC-ClinicDB) hold stray in-between values. Masks already stored
-    as 0/1 are kept as they are.
-    """
-    path = Path(path)
-    array = _to_uint8(_decode(path, "mask", _read_array), path, "mask")
-    if array.ndim == 3:
-        channels = array.shape[2]
-        # Drop alpha (gray + alpha, RGBA) before taking the brightest channel.
-        array = array[:, :, :1] if channels == 2 else array[:, :, : min(channels, 3)]
-        array = array.max(axis=2)
-    if array.ndim != 2:
-        raise PolypsegError(f"The mask {path} has an unexpected shape {array.shape}; expected a 2-D picture.")
-    if array.max(initial=0) == 1:
-        return array.astype(np.uint8), 0
-    nonbinary = int(np.count_nonzero((array != 0) & (array != 255)))
-    return (array >= 128).astype(np.uint8), nonbinary
-
-
-def shape_text(shape: tuple[int, ...]) -> str:
-    """An array's size as width x height."""
-    return f"{shape[1]}x{shape[0]}"
-
 
 def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     """(RGB image, {0,1} mask) of one frame; the mask must have the image's size. A polyp-free frame
     without a mask file has an all-background mask; a polyp frame without one cannot be loaded for
     segmentation (it counts for frame-level measures only)."""
     image = read_image(pair.image)
+    if pair.view is not None:
+        top, bottom, left, right = pair.view
+        return np.ascontiguousarray(image[top:bottom, left:right]), np.zeros((bottom - top, right - left), np.uint8)
     if pair.mask is None:
         if pair.polyp:
             raise PolypsegError(
@@ -613,6 +503,28 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
             "the pair."
         )
     return image, mask
+
+
+def polyp_free_views(pairs: Sequence[Pair], aspect: float, seed: int, scales: Sequence[float] | None = None,
+                     progress: bool = False) -> list[Pair]:
+    """Polyp-free views of the polyp frames among ``pairs`` (frames with a non-empty mask): for each, the
+    boxes of ``polypseg.views.polyp_free_boxes`` (width / height ``aspect``, at ``scales``), as polyp-free
+    pairs ``ID@view-N`` of the same source. Only pass training frames: a view shares its frame's side."""
+    from .progress import progress as progress_lines
+    from .views import VIEW_SCALES, polyp_free_boxes
+
+    views = []
+    for pair in progress_lines(pairs, desc="polyp-free views", unit="frame", enabled=progress):
+        if pair.mask is None or pair.polyp is False:
+            continue
+        image, mask = load_pair(pair)
+        if not mask.any():
+            continue
+        boxes = polyp_free_boxes(image, mask, aspect, seed=(seed, zlib.crc32(pair.id.encode())),
+                                 scales=VIEW_SCALES if scales is None else scales)
+        views += [dataclasses.replace(pair, id=f"{pair.id}@view-{n}", mask=None, polyp=False, view=tuple(box))
+                  for n, box in enumerate(boxes, 1)]
+    return views
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -661,41 +573,4 @@ class SegmentationDataset(torch.utils.data.Dataset):
 # image files to predict on (folders and files given by the user, no masks)
 
 
-def folder_images(folder: Path) -> list[Path]:
-    """The image files directly in ``folder`` (not hidden ones), numbered names in numeric order."""
-    try:
-        files = _image_files(folder)
-    except PolypsegError as err:
-        below = [p.name for p in sorted(folder.iterdir())
-                 if p.is_dir() and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir())]
-        if below:
-            raise PolypsegError(f"{err} Its sub-folders {', '.join(below)} hold images: name one of them.") from None
-        raise
-    return [files[k] for k in sorted(files, key=id_sort_key)]
 
-
-def collect_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
-    """Image files named directly or found in the named folders (not recursive), in a stable order."""
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    found: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found += folder_images(item)
-        elif item.is_file():
-            if item.suffix.lower() not in IMAGE_SUFFIXES:
-                raise PolypsegError(f"{item} is not an image file polypseg reads ({', '.join(IMAGE_SUFFIXES)}).")
-            found.append(item)
-        else:
-            raise PolypsegError(f"{item} does not exist. Give image files or folders of images.")
-    by_stem: dict[str, list[Path]] = {}
-    for p in found:
-        by_stem.setdefault(p.stem, []).append(p)
-    clashes = [paths for paths in by_stem.values() if len(paths) > 1]
-    if clashes:
-        shown = "; ".join(" and ".join(map(str, paths)) for paths in clashes[:3])
-        raise PolypsegError(
-            f"{len(clashes)} output name(s) would clash, e.g. {shown}: outputs are named after the image "
-            "file's name. Predict those inputs into separate output folders."
-        )
-    return found

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import Pair, is_frame_folder, read_image, read_mask, scan_folder, scan_frames, shape_text
+from .data import Pair, is_frame_folder, scan_folder, scan_frames
+from .media import read_image, read_mask, shape_text
 from .errors import PolypsegError
 from .progress import progress
 

@@ -8,3 +8,8 @@ as one paragraph and exits with status 2, without a traceback; the Python API le
 
 class PolypsegError(Exception):
     """A problem with the user's input or environment, explained in the message."""
+
+
+def one_line(text) -> str:
+    """A message on one line (an exception's text may hold newlines)."""
+    return " ".join(str(text).split())

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .data import Pair, index_dataset, load_pair, read_image, scan_frames
+from .data import Pair, index_dataset, load_pair, scan_frames
+from .media import read_image
 from .datacheck import usable_pairs
 from .errors import PolypsegError
 from .config import Config
@@ -449,7 +450,7 @@ def _frame_summary(rows: list[dict[str, Any]], predictor: Predictor, bootstrap: 
 
 def _operating_point_source(predictor: Predictor) -> str:
     cfg = predictor.config
-    if cfg.verdict_threshold is None:
+    if cfg.operating_point is None:
         return "default (no validation choice)"
     meta = read_checkpoint_meta(predictor.checkpoint) if predictor.checkpoint is not None else {}
     chosen = meta.get("metrics", {})

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .config import Config
-from .data import index_dataset, load_pair, read_image
+from .data import index_dataset, load_pair
+from .media import read_image
 from .errors import PolypsegError
 from .files import atomic_write, check_writable
 from .model import load_checkpoint, read_checkpoint_meta

@@ -75,3 +75,21 @@ def csv_text(rows, fields=None) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def publish_folder(tmp: Path, path: Path, keep: bool) -> None:
+    """Put the finished folder ``tmp`` at ``path`` (with ``keep``; else only remove an old ``path``): the
+    old folder is moved aside first, so readers see the old one or the new one."""
+    import shutil
+
+    old = None
+    if path.is_dir():
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        os.replace(path, old / path.name)
+    if keep:
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
+        os.replace(tmp, path)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -12,21 +12,17 @@ import ipaddress
 import re
 import socket
 from http.cookies import SimpleCookie
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from .errors import PolypsegError
+from .errors import PolypsegError, one_line
 
 TOKEN_COOKIE = "polypseg_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # Host names always answered (IPv6 as Host carries it)
 
-
-def one_line(text: Any) -> str:
-    return " ".join(str(text).split())
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -69,7 +65,8 @@ class Guard:
         await self.app(scope, receive, send)
 
     def _check_size(self, path: str, headers: dict[str, str]) -> JSONResponse | None:
-        limit = self.max_video_bytes if path.rstrip("/").endswith("/videos") else self.max_bytes
+        # videos, and a site's polyp-free clip (POST /api/v1/sites), get the video limit
+        limit = self.max_video_bytes if path.rstrip("/").endswith(("/videos", "/sites")) else self.max_bytes
         length = headers.get("content-length")
         if length is None or not length.isdigit():
             return error_response(411, "uploads must give their size (Content-Length)")

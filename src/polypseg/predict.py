@@ -17,7 +17,7 @@ import torch
 
 from .config import Config
 from .crop import Box, paste_back, picture
-from .data import collect_images, read_image
+from .media import check_image_size, collect_images, read_image
 from .errors import PolypsegError
 from .files import atomic_write, atomic_write_text, check_writable, csv_text
 from .model import resolve_checkpoint
@@ -69,7 +69,7 @@ def format_models_table() -> str:
                           if k.startswith("test_mdice_per_image"))
         card, int8 = model_card(weights), weights.with_suffix(".int8.onnx")
         rows.append([name, f"{cfg['arch']} / {cfg['encoder']}", f"{cfg['height']}x{cfg['width']}",
-                     f"{cfg.get('verdict', 'peak')} >= {Config.from_dict(cfg).operating_point:.4f}", mdice or "-",
+                     f"{cfg.get('verdict', 'peak')} >= {Config.from_dict(cfg).effective_operating_point:.4f}", mdice or "-",
                      int8.name if int8.is_file() else "-", str(card) if card else "-"])
     return "\n".join(text_table(rows)) if len(rows) > 1 else "No shipped model is installed."
 
@@ -124,6 +124,7 @@ class Predictor:
         threads: int | None = None,
         spin: bool | None = None,
         precision: str = "fp32",
+        site: str | None = None,
     ):
         check_precision(backend, precision)
         self.backend = backend
@@ -141,6 +142,14 @@ class Predictor:
             self.runner, self.config = onnx_backend(self.checkpoint, onnx_path, device, threads, spin, precision)
         self.onnx_path = Path(onnx_path) if onnx_path is not None else self.runner.path  # the file run, if any
         self.precision = self.runner.precision
+        self.site = None
+        if site is not None:
+            from . import sites
+            from .runtime import file_sha256
+
+            if self.checkpoint is None:
+                raise PolypsegError("A site profile belongs to a checkpoint: give the model (--run) beside the ONNX file.")
+            self.site = sites.load(self.checkpoint, site, file_sha256(self.checkpoint))
 
     @property
     def model(self) -> torch.nn.Module | None:
@@ -165,8 +174,18 @@ class Predictor:
 
     @property
     def operating_point(self) -> float:
-        """The polyp score at or above which a frame is ``polyp_present`` (stored in the checkpoint)."""
-        return self.config.operating_point
+        """The polyp score at or above which a frame is ``polyp_present``: the site's (``site``), else the one
+        stored in the checkpoint."""
+        return self.site.operating_point if self.site is not None else self.config.effective_operating_point
+
+    def alert_rule(self, operating_point: float | None = None, smoothing_ms: float | None = None,
+                   onset_ms: float | None = None, release_ms: float | None = None):
+        """The alert rule video, serve and batch apply: what is given here, else the site's, else the
+        defaults, on this predictor's operating point (``sites.rule_for``)."""
+        from .sites import rule_for
+
+        return rule_for(self.site, self.operating_point, operating_point=operating_point, smoothing_ms=smoothing_ms,
+                        onset_ms=onset_ms, release_ms=release_ms)
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Normalised float32 N x 3 x H x W (H, W multiples of 32) -> (float32 N x H x W probabilities,
@@ -236,9 +255,36 @@ class Prediction(NamedTuple):
         return (self.prob >= threshold) & self.polyp_present
 
 
-# The polyp scores a frame can have, by name (``Config.verdict`` picks one): the highest pixel
-# probability, the share of the frame at or above the mask threshold, the image-level head's probability.
+# The logit score: the mean logit of the map's top LOGIT_TOP_SHARE of pixels (at least one). Logits keep
+# the spread that probabilities lose as a model grows confident (a peak of 0.9979 against 0.9999 is a
+# logit of 6.2 against 9.2); the top 0.1% rather than the one top pixel makes it the mean of a small region
+# (docs/quiet.md, "a score with resolution"). Probabilities come out of the network in float32, so logits
+# read from them end near 16.6 (p = 1 - 2**-24): LOGIT_CEILING.
+LOGIT_TOP_SHARE = 0.001
+_P_EDGE = 2.0 ** -24
+LOGIT_CEILING = float(np.log((1 - _P_EDGE) / _P_EDGE))
+
+
+def logit(p: np.ndarray | float) -> np.ndarray | float:
+    """Probabilities -> logits (float64), clipped to +-LOGIT_CEILING."""
+    q = np.clip(np.asarray(p, np.float64), _P_EDGE, 1 - _P_EDGE)
+    out = np.log(q) - np.log1p(-q)
+    return float(out) if out.ndim == 0 else out
+
+
+def top_logit(prob: np.ndarray, share: float = LOGIT_TOP_SHARE) -> float:
+    """The mean logit of the ``share`` of pixels with the highest probability (at least one pixel)."""
+    flat = prob.ravel()
+    if not flat.size:
+        return -LOGIT_CEILING
+    k = max(1, int(round(share * flat.size)))
+    return float(logit(np.partition(flat, flat.size - k)[flat.size - k:]).mean())
+
+
+# The polyp scores a frame can have, by name (``Config.verdict`` picks one): the logit score, the highest
+# pixel probability, the share of the frame at or above the mask threshold, the image-level head's probability.
 _SCORES = {
+    "logit": lambda prob, head, threshold: top_logit(prob),
     "peak": lambda prob, head, threshold: float(prob.max()) if prob.size else 0.0,
     "area": lambda prob, head, threshold: float((prob >= threshold).mean()),
     "head": lambda prob, head, threshold: float(head),
@@ -261,18 +307,21 @@ def polyp_score(cfg: Config, prob: np.ndarray, head: float | None) -> float:
 # per-frame figures, shared with polypseg.video
 
 
-STATS_FIELDS = ("polyp_score", "polyp_present", "area_fraction", "mean_confidence")
+STATS_FIELDS = ("polyp_score", "operating_point", "polyp_present", "area_fraction", "mean_confidence", "outlined")
 
 
-def frame_stats(prediction: Prediction, mask: np.ndarray) -> dict[str, Any]:
-    """The frame's polyp score and verdict, the fraction of the frame its shown mask covers, and the mean
-    probability inside that mask (empty when there is no mask)."""
+def frame_stats(prediction: Prediction, mask: np.ndarray, operating_point: float) -> dict[str, Any]:
+    """The frame's polyp score, the operating point and the verdict, the fraction of the frame the raw
+    ``mask`` covers and the mean probability inside it (empty without a mask), and whether its outline is
+    drawn (single images: when the verdict is polyp; ``polypseg.exam``)."""
     area = int(mask.sum())
     return {
         "polyp_score": round(float(prediction.score), 6),
+        "operating_point": round(float(operating_point), 6),
         "polyp_present": int(prediction.polyp_present),
         "area_fraction": round(area / mask.size, 6),
         "mean_confidence": round(float(prediction.prob[mask].mean()), 6) if area else "",
+        "outlined": int(bool(prediction.polyp_present) and area > 0),
     }
 
 
@@ -313,12 +362,16 @@ def predict_paths(
     show_progress: bool = True,
 ) -> list[Path]:
     """Predict every image of ``inputs`` (files or folders of images) with ``predictor`` and write into
-    ``out_dir``: ``masks/NAME.png`` (0/255), ``overlays/NAME.png`` (translucent fill and contour over the
-    image), with ``save_prob`` (True or ``"png"``: 8-bit PNG, probability x 255; ``"npy"``: float32
-    array) ``probs/NAME.png|npy``, and ``predictions.csv`` (one row per image: present, area, confidence).
+    ``out_dir``: ``masks/NAME.png`` (0/255, the raw mask at the threshold whatever the verdict),
+    ``overlays/NAME.png`` (translucent fill and contour over the image when the frame's verdict is polyp:
+    ``polypseg.exam``'s contract for single images), with ``save_prob`` (True or ``"png"``: 8-bit PNG, probability x 255; ``"npy"``: float32
+    array) ``probs/NAME.png|npy``, and ``predictions.csv`` (one row per image: score, operating point,
+    verdict, the raw mask's area and confidence, whether the overlay outlines it;
+    ``skipped``: why an image was not predicted, empty for the others).
 
-    Every file is written atomically. An image that cannot be read is skipped; after the others are
-    done a PolypsegError names it. Returns the mask paths, in input order.
+    Every file is written atomically. An image that cannot be read, or is under ``data.MIN_IMAGE_SIDE``
+    pixels on a side, is skipped (its row says why); after the others are done a PolypsegError names it.
+    Returns the mask paths, in input order.
     """
     check_threshold(threshold)
     prob_format = "png" if save_prob is True else (save_prob or None)
@@ -338,25 +391,31 @@ def predict_paths(
     for path in progress(images, desc="predict", unit="img", enabled=show_progress):
         try:
             image = read_image(path)
+            check_image_size(image, f"The image {path}")
         except PolypsegError as err:
             failed.append(f"{path} ({err})")
+            rows.append({"image": str(path), "skipped": " ".join(str(err).split())})
             continue
         prediction = predictor.predict(image)
-        prob, mask = prediction.prob, prediction.mask(t)
+        # the mask file stays raw (the verdict beside it, in predictions.csv); the picture follows the verdict
+        prob, raw = prediction.prob, prediction.prob >= t
         name = path.stem + ".png"
-        _write_png(folders["mask"] / name, mask.astype(np.uint8) * 255)
-        _write_png(folders["overlay"] / name, overlay(image, mask))
+        _write_png(folders["mask"] / name, raw.astype(np.uint8) * 255)
+        _write_png(folders["overlay"] / name, overlay(image, prediction.mask(t)))
         if prob_format == "png":
             _write_png(folders["prob"] / name, np.round(prob * 255).astype(np.uint8))
         elif prob_format == "npy":
             _write_npy(folders["prob"] / (path.stem + ".npy"), prob.astype(np.float32))
-        rows.append({"image": str(path), "height": image.shape[0], "width": image.shape[1], **frame_stats(prediction, mask)})
+        rows.append({"image": str(path), "height": image.shape[0], "width": image.shape[1],
+                     **frame_stats(prediction, raw, predictor.operating_point)})
         written.append(folders["mask"] / name)
     if rows:
-        atomic_write_text(out / "predictions.csv", csv_text(rows))
+        fields = ("image", "height", "width", *STATS_FIELDS, "skipped")
+        atomic_write_text(out / "predictions.csv", csv_text([{**dict.fromkeys(fields, ""), **r} for r in rows], fields))
     if failed:
         raise PolypsegError(
-            f"{len(failed)} of {len(images)} image(s) could not be read and were skipped (the other "
+            f"{len(failed)} of {len(images)} image(s) could not be used and were skipped (listed in "
+            f"{out / 'predictions.csv'}; the other "
             f"{len(written)} were written to {out}): " + "; ".join(failed[:5])
         )
     return written

@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from . import metrics
-from .data import load_pair, read_image
+from .data import load_pair
+from .media import read_image
 from .progress import text_table
 from .viz import GREEN, YELLOW, overlay
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data import DatasetIndex, Pair, id_sort_key, normalize_id, read_csv_rows
+from .data import DatasetIndex, Pair, read_csv_rows
+from .media import id_sort_key, normalize_id
 from .errors import PolypsegError
 from .files import atomic_write_text
 

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from .calibration import finish_run
 from .config import Config
-from .data import SegmentationDataset, index_dataset
+from .data import SegmentationDataset, index_dataset, polyp_free_views
 from .datacheck import usable_pairs
 from .errors import PolypsegError
 from .files import atomic_write
@@ -547,6 +547,12 @@ def train(cfg: Config | None, out_dir: str | Path | None = None, resume: str | P
     train_pairs = [by_id[i] for i in split.train]
     if any(p.polyp is True and p.mask is None for p in train_pairs):
         raise PolypsegError("Polyp frames without masks cannot be trained on; keep them for evaluation.")
+    if cfg.polyp_free_views:  # from training frames only: a view shares its frame's side
+        views = polyp_free_views(train_pairs, cfg.width / cfg.height, cfg.seed, progress=progress and _is_primary())
+        if _is_primary():
+            print(f"{len(views)} polyp-free views cut out of {sum(p.polyp is not False for p in train_pairs)} "
+                  "training polyp frames")
+        train_pairs = train_pairs + views
     train_ds = SegmentationDataset(train_pairs, train_transform(cfg), **view)
     val_ds = SegmentationDataset([by_id[i] for i in split.val], eval_transform(cfg), **view) if split.val else None
     loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,

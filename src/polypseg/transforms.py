@@ -19,7 +19,7 @@ import numpy as np
 from .config import Config
 from .errors import PolypsegError
 
-AUGMENT_PRESETS = ("default", "strong", "light", "none")
+AUGMENT_PRESETS = ("default", "strong", "hospitals", "light", "none")
 
 
 def _fit(cfg: Config) -> A.DualTransform:
@@ -41,6 +41,12 @@ def _normalize(cfg: Config) -> A.Normalize:
     return A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0)
 
 
+def _affine(scale: tuple[float, float], translate: float, rotate: float, p: float, **more) -> A.Affine:
+    """Zoom, shift (a share of the frame) and turn (degrees either way), the border filled black."""
+    return A.Affine(scale=scale, translate_percent=(-translate, translate), rotate=(-rotate, rotate),
+                    border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=p, **more)
+
+
 def train_transform(cfg: Config) -> A.Compose:
     """The train preset named by ``cfg.augment``: image and mask transformed together."""
     if cfg.augment not in AUGMENT_PRESETS:
@@ -51,10 +57,7 @@ def train_transform(cfg: Config) -> A.Compose:
     if cfg.augment == "default":
         # Colonoscopy frames have no canonical orientation and vary in zoom, light and focus.
         ops += [
-            A.Affine(
-                scale=(0.75, 1.25), translate_percent=(-0.1, 0.1), rotate=(-30, 30),
-                border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7,
-            ),
+            _affine(scale=(0.75, 1.25), translate=0.1, rotate=30, p=0.7),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.7),
             A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.2),
         ]
@@ -62,20 +65,40 @@ def train_transform(cfg: Config) -> A.Compose:
         # For frames from other hospitals: wider zoom (multi-scale), more light and colour change, and the
         # scopes' and files' own noise (sensor noise, JPEG artefacts).
         ops += [
-            A.Affine(
-                scale=(0.6, 1.4), translate_percent=(-0.15, 0.15), rotate=(-45, 45), shear=(-10, 10),
-                border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.8,
-            ),
+            _affine(scale=(0.6, 1.4), translate=0.15, rotate=45, p=0.8, shear=(-10, 10)),
             A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8),
             A.RandomGamma(gamma_limit=(70, 150), p=0.3),
             A.OneOf([A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 9))], p=0.3),
             A.ImageCompression(quality_range=(40, 95), p=0.3),
             A.GaussNoise(std_range=(0.02, 0.06), p=0.2),
         ]
+    elif cfg.augment == "hospitals":
+        # Quiet at hospitals never seen (issue 31): default's geometry with more zoom, then what sets
+        # detectors off elsewhere drawn over polyp and polyp-free frames alike (polypseg.artefacts), and the
+        # colour and light of other towers' processing.
+        ops += [
+            _affine(scale=(0.75, 1.5), translate=0.1, rotate=30, p=0.7),
+            *hospital_artefacts(),
+            A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.04, p=0.7),
+            A.OneOf([A.RGBShift(r_shift_limit=20, g_shift_limit=15, b_shift_limit=20), A.RandomToneCurve(scale=0.2),
+                     A.CLAHE(clip_limit=(1, 3)), A.RandomGamma(gamma_limit=(70, 140))], p=0.4),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7)),
+                     A.Sharpen(alpha=(0.1, 0.3))], p=0.25),
+            A.ImageCompression(quality_range=(50, 95), p=0.2),
+        ]
     ops += [_pad_to_size(cfg), _normalize(cfg)]
     # albumentations keeps its own random state: seed it, or runs are not reproducible. Data loader
     # workers re-seed their copy (polypseg.train.seed_worker) so that they do not repeat each other.
     return A.Compose(ops, seed=cfg.seed)
+
+
+def hospital_artefacts() -> list:
+    """The artefacts of other hospitals (``polypseg.artefacts``), each on about a fifth of the frames."""
+    from .artefacts import Artefact
+
+    return [Artefact("cap_rim", p=0.2), Artefact("borders", p=0.25), Artefact("corner_box", p=0.4),
+            Artefact("highlights", p=0.25),
+            Artefact("bubbles", p=0.15), Artefact("instrument", p=0.2)]
 
 
 def eval_transform(cfg: Config) -> A.Compose:

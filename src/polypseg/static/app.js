@@ -14,6 +14,30 @@ async function api(path, options) {
   return body;
 }
 
+// --- numbers a person compares ------------------------------------------------------------------
+
+// A score and the cut-off it is compared with must never print alike ("1.00 >= 1.00"): 4 significant digits,
+// more where fewer would print a number equal to one it is compared with, or as a round number it is not;
+// trailing zeros dropped.
+const sig = (x, digits) => String(Number(Number(x).toPrecision(digits)));
+function digitsApart(x, others, digits = 4) {
+  const clash = (d) => others.some((o) => o !== null && o !== undefined && Number(o) !== Number(x) && sig(o, d) === sig(x, d)) ||
+    (!Number.isInteger(Number(x)) && Number.isInteger(Number(sig(x, d))));
+  let d = digits;
+  while (d < 17 && clash(d)) d++;
+  return d;
+}
+// x printed apart from each of `others`
+function fmt(x, ...others) {
+  if (x === null || x === undefined || !Number.isFinite(Number(x))) return "–";
+  return sig(x, digitsApart(x, others));
+}
+// [a, b] with the same number of digits, enough to tell them apart
+function fmtPair(a, b) {
+  const d = Math.max(digitsApart(a, [b]), digitsApart(b, [a]));
+  return [sig(a, d), sig(b, d)];
+}
+
 // --- tabs and the model card -------------------------------------------------------------------
 
 for (const tab of document.querySelectorAll(".tab")) {
@@ -24,11 +48,24 @@ for (const tab of document.querySelectorAll(".tab")) {
   });
 }
 
-api("/api/v1/model").then((m) => {
-  $("model").textContent = `${m.name}: ${m.architecture}, input ${m.input.join("x")}, threshold ${m.threshold}` +
+// The model's three settings, named apart: the mask threshold (pixel probability: what is drawn), the operating
+// point (polyp score: the frame's verdict; a site's when one is applied) and the alert rule (onset and release).
+let model = null;
+function describeModel(m) {
+  const rule = m.alert_rule || {};
+  const whose = m.site ? `site ${m.site}` : "the model's own";
+  return `${m.name}: ${m.architecture}, input ${m.input.join("x")}; mask threshold ${fmt(m.mask_threshold)} (pixel probability)` +
+    ` · operating point ${fmt(m.operating_point)} (polyp score, ${m.verdict}; ${whose})` +
+    ` · alert after ${fmt(rule.onset_ms)} ms at or above it, ended after ${fmt(rule.release_ms)} ms below` +
     ` (${m.runtime || m.backend} on ${m.device}). Trained on ${m.training_data}.`;
-  setThreshold(m.threshold);
-}).catch((err) => { $("model").textContent = `model: ${err.message}`; });
+}
+async function loadModel() {
+  model = await api("/api/v1/model");
+  $("model").textContent = describeModel(model);
+  return model;
+}
+loadModel().then((m) => setThreshold(m.mask_threshold))
+  .catch((err) => { $("model").textContent = `model: ${err.message}`; });
 
 // --- Images: the probability map comes once; the slider redraws in the browser ---------------------
 
@@ -110,9 +147,11 @@ function maskAt(frame) {
   return mask;
 }
 
+// the frame's verdict: its polyp score against the operating point, printed apart
 function verdictText({ present, score, point }) {
-  const against = point === null ? "" : ` ${present ? "≥" : "<"} ${point.toFixed(2)}`;
-  return present ? `<b>polyp</b> (score ${score.toFixed(2)}${against})` : `<b>no polyp</b>, score ${score.toFixed(2)}${against}`;
+  const [s, p] = point === null ? [fmt(score), null] : fmtPair(score, point);
+  const against = p === null ? "" : ` ${present ? "≥" : "<"} ${p}`;
+  return present ? `<b>polyp</b> (score ${s}${against})` : `<b>no polyp</b>, score ${s}${against}`;
 }
 
 function draw(frame) {
@@ -263,41 +302,76 @@ $("video-file").addEventListener("change", async (e) => {
     const r = job.result;
     status.textContent = "done";
     const s = r.summary;
-    $("video-summary").textContent = `${r.frames} frames, polyp seen in ${r.polyp_frames}; ${s.alerts} alert(s),` +
+    const clip = s.source_fps ? ` (${(s.duration_ms / 1000).toFixed(1)} s at ${s.source_fps.toFixed(0)} fps)` : "";
+    const [peak, point] = s.peak_score === null || s.peak_score === undefined ? ["–", fmt(s.operating_point)] :
+      fmtPair(s.peak_score, s.operating_point);
+    $("video-summary").textContent = `${r.frames} frames${clip}, polyp seen in ${r.polyp_frames}; ${s.alerts} alert(s),` +
       ` ${s.alerts_per_minute.toFixed(1)} per minute, alerted ${(100 * s.alerted_share).toFixed(0)}% of the time;` +
-      ` ${r.fps} fps on the server`;
+      ` highest polyp score ${peak}, operating point ${point};` +
+      ` processed at ${r.processing_fps} frames/s on the server`;
     $("video-player").src = job.video_url;
     $("video-csv").href = job.csv_url;
     $("video-events").href = job.events_url;
     $("video-csv").classList.remove("hidden");
     $("video-events").classList.remove("hidden");
-    drawTimeline(r.timeline, r.alert);
-    listAlerts(r.events);
+    drawTimeline(r.timeline, r.alert, r.time_ms, s.duration_ms);
+    listAlerts(r.events, s.operating_point);
   } catch (err) {
     status.textContent = `error: ${err.message}`;
     status.className = "error";
   }
 });
 
-// the verdict per frame in green, the frames under an alert as an amber band on top
-function drawTimeline(timeline, alerts) {
+// The verdict per frame in green, the frames under an alert as an amber band on top, each frame placed
+// by its timestamp over the clip's duration (ms), with a time axis in seconds under it.
+function drawTimeline(timeline, alerts, times, durationMs) {
   const canvas = $("timeline"), ctx = canvas.getContext("2d");
   ctx.fillStyle = "#2b3340";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
-  const step = canvas.width / Math.max(1, timeline.length), band = Math.round(canvas.height / 3);
+  const n = timeline.length;
+  const start = (i) => (times ? times[i] : (i * durationMs) / Math.max(1, n));
+  const x = (ms) => (ms / Math.max(1, durationMs)) * canvas.width;
+  const band = Math.round(canvas.height / 3);
+  const span = (i, top, height) => {
+    const left = x(start(i)), right = i + 1 < n ? x(start(i + 1)) : canvas.width;
+    ctx.fillRect(left, top, Math.max(1, right - left), height);
+  };
   ctx.fillStyle = "#3fbf5f";
-  timeline.forEach((seen, i) => { if (seen) ctx.fillRect(i * step, band, Math.max(1, step), canvas.height - band); });
+  timeline.forEach((seen, i) => { if (seen) span(i, band, canvas.height - band); });
   ctx.fillStyle = AMBER;
-  alerts.forEach((on, i) => { if (on) ctx.fillRect(i * step, 0, Math.max(1, step), band); });
+  alerts.forEach((on, i) => { if (on) span(i, 0, band); });
+  drawAxis(durationMs);
   canvas.onclick = (e) => {
     const video = $("video-player");
     if (video.duration) video.currentTime = (e.offsetX / canvas.clientWidth) * video.duration;
   };
 }
 
+// Labels at a round step of seconds (at most about 8 of them), from 0 to the clip's end.
+function drawAxis(durationMs) {
+  const axis = $("timeline-axis"), seconds = durationMs / 1000;
+  axis.replaceChildren();
+  if (!(seconds > 0)) return;
+  const steps = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];
+  const step = steps.find((s) => seconds / s <= 8) || 7200;
+  const label = (t) => (step >= 60 ? clock(t * 1000).replace(/\.0$/, "") : `${step < 1 ? t.toFixed(1) : t.toFixed(0)} s`);
+  for (let k = 0; k * step <= seconds + 1e-9; k++) {
+    const t = k * step, at = t / seconds;
+    const tick = document.createElement("span");
+    tick.className = "tick";
+    tick.textContent = label(t);
+    tick.style.left = `${100 * at}%`;
+    // the first label starts at its mark, the last ends at it, the others are centred on theirs
+    const shift = at === 0 ? 0 : at > 0.95 ? 100 : 50;
+    tick.style.transform = `translateX(-${shift}%)`;
+    tick.style.setProperty("--mark", `${shift}%`);
+    axis.append(tick);
+  }
+}
+
 const clock = (ms) => `${Math.floor(ms / 60000)}:${(ms / 1000 % 60).toFixed(1).padStart(4, "0")}`;
 
-function listAlerts(events) {
+function listAlerts(events, point) {
   const list = $("video-alerts");
   for (const e of events) {
     const item = document.createElement("li");
@@ -307,7 +381,7 @@ function listAlerts(events) {
       img.alt = `alert ${e.index}`;
       item.append(img);
     }
-    item.append(`${clock(e.start_ms)}–${clock(e.end_ms)} · ${(e.duration_ms / 1000).toFixed(1)} s · peak ${e.peak_score.toFixed(2)}`);
+    item.append(`${clock(e.start_ms)}–${clock(e.end_ms)} · ${(e.duration_ms / 1000).toFixed(1)} s · peak score ${fmt(e.peak_score, point)}`);
     item.addEventListener("click", () => { $("video-player").currentTime = e.start_ms / 1000; });
     list.append(item);
   }
@@ -405,7 +479,10 @@ function onAnswer(event) {
   $("live-fps").textContent = fps.toFixed(1);
   $("live-latency").textContent = (now - live.sentAt).toFixed(0);
   $("live-server").textContent = answer.server_ms.toFixed(0);
-  $("live-score").textContent = answer.polyp_score.toFixed(2);
+  const [score, point] = fmtPair(answer.polyp_score, answer.operating_point);
+  $("live-score").textContent = score;
+  $("live-versus").textContent = answer.polyp_present ? "≥" : "<";
+  $("live-point").textContent = point;
   showAlert(answer.alert);
   if (answer.alert_started) beep();
 
@@ -424,8 +501,277 @@ function onAnswer(event) {
     ctx.stroke();
   }
   ctx.fillStyle = "rgba(0, 0, 0, 0.6)";
-  ctx.fillRect(0, 0, 210, 22);
+  ctx.fillRect(0, 0, 250, 22);
   ctx.fillStyle = answer.polyp_present ? "rgb(0, 255, 0)" : "#fff";
   ctx.font = "14px system-ui";
-  ctx.fillText(`polyp ${(100 * answer.area_fraction).toFixed(1)}% · score ${answer.polyp_score.toFixed(2)}`, 6, 16);
+  ctx.fillText(`polyp ${(100 * answer.area_fraction).toFixed(1)}% · score ${score} ${answer.polyp_present ? "≥" : "<"} ${point}`, 6, 16);
 }
+
+// --- Settings: a site's operating point, chosen on its own polyp-free clip ----------------------------
+
+// the profile shown, the slider's stops (rows of the curve, and the profile's own point), the stop shown,
+// and where each stop is drawn on the canvas (for clicks)
+const site = { profile: null, rows: [], index: 0, pixels: [] };
+const targetKind = (profile) => ("false_alerts_per_minute" in profile.target ? "false_alerts_per_minute" : "flagged_share");
+const siteUrl = (name, tail = "") => `/api/v1/sites/${encodeURIComponent(name)}${tail}`;
+
+$("site-file").addEventListener("change", (e) => {
+  $("site-file-name").textContent = e.target.files[0]?.name || "no clip chosen";
+});
+$("site-target-kind").addEventListener("change", (e) => {
+  $("site-target").value = e.target.value === "flagged_share" ? 5 : 1;
+});
+
+async function listSites(selected) {
+  const answer = await api("/api/v1/sites");
+  const list = $("site-list");
+  list.replaceChildren(...answer.sites.map((name) => new Option(name, name)));
+  if (selected) list.value = selected;
+  $("site-open").disabled = answer.sites.length === 0;
+  $("site-applied").textContent = answer.applied ? `this server applies site ${answer.applied}` :
+    `this server applies the model's own operating point, ${fmt(answer.model_operating_point)} (polyp score, ${answer.verdict})`;
+  return answer;
+}
+listSites().catch((err) => { $("site-applied").textContent = `sites: ${err.message}`; });
+
+function siteError(where, err) {
+  $(where).textContent = `error: ${err.message}`;
+  $(where).className = "error";
+}
+
+$("site-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const status = $("site-status");
+  status.className = "";
+  const file = $("site-file").files[0];
+  try {
+    if (!file) throw new Error("choose a clip of the site's polyp-free video first");
+    const kind = $("site-target-kind").value;
+    const value = Number($("site-target").value) / (kind === "flagged_share" ? 100 : 1);
+    const form = new FormData();
+    form.append("file", file);
+    form.append("name", $("site-name").value.trim());
+    form.append(kind, String(value));
+    $("site-run").disabled = true;
+    $("site-progress").value = 0;
+    status.textContent = "uploading…";
+    let job = await api("/api/v1/sites", { method: "POST", body: form });
+    while (job.status === "queued" || job.status === "running") {
+      status.textContent = job.status === "queued" ? "waiting for the worker…" :
+        `scoring the clip: frame ${job.frames_done}${job.frames_total ? " of " + job.frames_total : ""}`;
+      $("site-progress").value = job.progress || 0;
+      await new Promise((r) => setTimeout(r, 300));
+      job = await api(`/api/v1/sites/jobs/${job.id}`);
+    }
+    if (job.status !== "done") throw new Error(job.error || job.status);
+    $("site-progress").value = 1;
+    status.textContent = `saved beside the model as ${job.result.file}`;
+    await listSites(job.result.name);
+    showSite(job.result);
+  } catch (err) {
+    siteError("site-status", err);
+  } finally {
+    $("site-run").disabled = false;
+  }
+});
+
+$("site-open").addEventListener("click", async () => {
+  const name = $("site-list").value;
+  if (!name) return;
+  try {
+    showSite(await api(siteUrl(name)));
+  } catch (err) {
+    siteError("site-status", err);
+  }
+});
+
+// The slider's stops: the curve's points (each measured on the clip at the profile's onset) and the
+// profile's own point with what it costs there; the slider starts at the profile's point.
+function showSite(profile) {
+  site.profile = profile;
+  const m = profile.measured;
+  const own = { operating_point: profile.operating_point, flagged_share: m.flagged_share, own: true,
+                false_alerts_per_minute: m.false_alerts_per_minute, sensitivity: m.validation_sensitivity };
+  site.rows = [...profile.curve.filter((r) => r.operating_point !== own.operating_point), own]
+    .sort((a, b) => a.operating_point - b.operating_point);
+  const slider = $("site-point");
+  slider.max = site.rows.length - 1;
+  $("site-result").hidden = false;
+  $("site-apply-status").textContent = "";
+  moveTo(site.rows.indexOf(own));
+}
+
+$("site-point").addEventListener("input", (e) => moveTo(Number(e.target.value)));
+
+// What the point at stop i costs, in numbers a person can compare with the target and with other stops.
+function moveTo(i) {
+  site.index = i;
+  $("site-point").value = i;
+  const p = site.profile, row = site.rows[i], kind = targetKind(p);
+  const points = site.rows.map((r) => r.operating_point);
+  const point = fmt(row.operating_point, points[i - 1], points[i + 1], p.operating_point);
+  const verdict = p.verdict || (model && model.verdict) || "polyp score";
+  const target = kind === "flagged_share" ? `at most ${fmt(100 * p.target.flagged_share)}% of polyp-free frames flagged` :
+    `at most ${fmt(p.target.false_alerts_per_minute)} false alerts per minute`;
+  const sensitivity = row.sensitivity === null || row.sensitivity === undefined ?
+    "sensitivity on polyp frames <b>unknown</b> (the model's validation frames are not on this server)" :
+    `sensitivity <b>${fmt(100 * row.sensitivity)}%</b> of the model's ${p.measured.validation_polyp_frames ?? ""} validation polyp frames`;
+  const saved = row.own ? "the profile's point" : `the profile holds ${fmt(p.operating_point, row.operating_point)}`;
+  $("site-costs").innerHTML = `site <b>${p.name}</b>: operating point <b id="site-point-value">${point}</b> (polyp score, ${verdict};` +
+    ` ${saved}) · alert onset ${fmt(p.onset_ms)} ms · <b>${fmt(row.false_alerts_per_minute)}</b> false alerts per minute` +
+    ` · <b>${fmt(100 * row.flagged_share)}%</b> of the clip's ${p.measured.frames} polyp-free frames flagged · ${sensitivity}` +
+    ` · chosen for ${target}${p.movable ? "" : " (this server did not calibrate it: only its own point can be applied)"}`;
+  drawSiteCurve();
+}
+
+// x: the target's cost, y: the sensitivity on validation polyp frames where it is known; else x: the
+// operating point, y: the target's cost.
+function siteAxes(p) {
+  const kind = targetKind(p);
+  const cost = kind === "flagged_share" ?
+    { key: "flagged_share", label: "polyp-free frames flagged", f: (v) => `${fmt(100 * v)}%`, zero: true } :
+    { key: "false_alerts_per_minute", label: "false alerts per minute", f: (v) => fmt(v), zero: true };
+  const target = p.target[kind];
+  if (site.rows.some((r) => r.sensitivity !== null && r.sensitivity !== undefined)) {
+    return { x: cost, y: { key: "sensitivity", label: "sensitivity", f: (v) => `${fmt(100 * v)}%`, zero: true, one: true },
+             target: { axis: "x", value: target } };
+  }
+  return { x: { key: "operating_point", label: `operating point (polyp score, ${p.verdict})`, f: (v) => fmt(v) }, y: cost,
+           target: { axis: "y", value: target } };
+}
+
+function drawSiteCurve() {
+  const canvas = $("site-curve"), ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height;
+  const pad = { left: 62, right: 16, top: 14, bottom: 42 };
+  const axes = siteAxes(site.profile);
+  const known = (v) => v !== null && v !== undefined && Number.isFinite(v);
+  ctx.fillStyle = "#1d2229";
+  ctx.fillRect(0, 0, W, H);
+  const xs = site.rows.map((r) => r[axes.x.key]).filter(known), ys = site.rows.map((r) => r[axes.y.key]).filter(known);
+  if (axes.target.axis === "x") xs.push(axes.target.value); else ys.push(axes.target.value);
+  const range = (values, axis) => {
+    let lo = Math.min(...values), hi = Math.max(...values);
+    if (axis.zero) lo = Math.min(0, lo);
+    if (axis.one) hi = Math.max(1, hi);
+    if (!(hi > lo)) hi = lo + 1;
+    return [lo, hi];
+  };
+  const [x0, x1] = range(xs, axes.x), [y0, y1] = range(ys, axes.y);
+  const px = (x) => pad.left + ((x - x0) / (x1 - x0)) * (W - pad.left - pad.right);
+  const py = (y) => H - pad.bottom - ((y - y0) / (y1 - y0)) * (H - pad.top - pad.bottom);
+
+  // axes, three labelled ticks each, and their names
+  ctx.strokeStyle = "#667";
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.moveTo(pad.left, pad.top);
+  ctx.lineTo(pad.left, H - pad.bottom);
+  ctx.lineTo(W - pad.right, H - pad.bottom);
+  ctx.stroke();
+  ctx.fillStyle = "#aab";
+  ctx.font = "11px system-ui";
+  for (const k of [0, 0.5, 1]) {
+    const x = x0 + k * (x1 - x0), y = y0 + k * (y1 - y0);
+    ctx.textAlign = k === 0 ? "left" : k === 1 ? "right" : "center";
+    ctx.fillText(axes.x.f(x), px(x), H - pad.bottom + 14);
+    ctx.textAlign = "right";
+    ctx.fillText(axes.y.f(y), pad.left - 5, py(y) + 4);
+  }
+  ctx.textAlign = "center";
+  ctx.fillText(axes.x.label, pad.left + (W - pad.left - pad.right) / 2, H - 8);
+  ctx.save();
+  ctx.translate(13, pad.top + (H - pad.top - pad.bottom) / 2);
+  ctx.rotate(-Math.PI / 2);
+  ctx.fillText(axes.y.label, 0, 0);
+  ctx.restore();
+
+  // the target, dashed
+  ctx.strokeStyle = "#d0d0d0";
+  ctx.setLineDash([5, 4]);
+  ctx.beginPath();
+  if (axes.target.axis === "x") {
+    ctx.moveTo(px(axes.target.value), pad.top);
+    ctx.lineTo(px(axes.target.value), H - pad.bottom);
+  } else {
+    ctx.moveTo(pad.left, py(axes.target.value));
+    ctx.lineTo(W - pad.right, py(axes.target.value));
+  }
+  ctx.stroke();
+  ctx.setLineDash([]);
+
+  // the curve, one dot per stop
+  site.pixels = site.rows.map((r) => (known(r[axes.x.key]) && known(r[axes.y.key]) ? [px(r[axes.x.key]), py(r[axes.y.key])] : null));
+  ctx.strokeStyle = "#5aa0e6";
+  ctx.lineWidth = 2;
+  ctx.beginPath();
+  let started = false;
+  for (const xy of site.pixels) {
+    if (!xy) continue;
+    if (started) ctx.lineTo(...xy); else ctx.moveTo(...xy);
+    started = true;
+  }
+  ctx.stroke();
+  ctx.fillStyle = "#5aa0e6";
+  for (const xy of site.pixels) if (xy) ctx.fillRect(xy[0] - 1.5, xy[1] - 1.5, 3, 3);
+
+  // the profile's point (amber ring) and the slider's (green dot, with guides to the axes)
+  const own = site.pixels[site.rows.findIndex((r) => r.own)];
+  if (own) {
+    ctx.strokeStyle = AMBER;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    ctx.arc(own[0], own[1], 8, 0, 2 * Math.PI);
+    ctx.stroke();
+  }
+  const now = site.pixels[site.index];
+  if (now) {
+    ctx.strokeStyle = "rgba(63, 191, 95, 0.6)";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(now[0], H - pad.bottom);
+    ctx.lineTo(now[0], now[1]);
+    ctx.lineTo(pad.left, now[1]);
+    ctx.stroke();
+    ctx.fillStyle = "#3fbf5f";
+    ctx.beginPath();
+    ctx.arc(now[0], now[1], 5, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+}
+
+// a click on the curve moves the slider to the nearest stop
+$("site-curve").addEventListener("click", (e) => {
+  const canvas = e.currentTarget;
+  const x = (e.offsetX * canvas.width) / canvas.clientWidth, y = (e.offsetY * canvas.height) / canvas.clientHeight;
+  let best = -1, distance = Infinity;
+  site.pixels.forEach((xy, i) => {
+    if (!xy) return;
+    const d = Math.hypot(xy[0] - x, xy[1] - y);
+    if (d < distance) { best = i; distance = d; }
+  });
+  if (best >= 0) moveTo(best);
+});
+
+// Apply: the point moved to is saved in the profile (costs measured again on the server), and the server
+// judges new frames, videos and live connections with the profile from now on.
+$("site-apply").addEventListener("click", async () => {
+  const p = site.profile, row = site.rows[site.index], status = $("site-apply-status");
+  status.className = "";
+  try {
+    $("site-apply").disabled = true;
+    let profile = p;
+    if (row.operating_point !== p.operating_point) {
+      profile = await api(siteUrl(p.name, "/point"), { method: "PUT", headers: { "Content-Type": "application/json" },
+                                                       body: JSON.stringify({ operating_point: row.operating_point }) });
+    }
+    model = await api(siteUrl(p.name, "/apply"), { method: "POST", body: "" });
+    $("model").textContent = describeModel(model);
+    showSite(profile);
+    await listSites(p.name);
+    status.textContent = `applied: this server now flags frames at operating point ${fmt(model.operating_point)} (site ${model.site})`;
+  } catch (err) {
+    siteError("site-apply-status", err);
+  } finally {
+    $("site-apply").disabled = false;
+  }
+});
