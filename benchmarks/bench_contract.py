@@ -11,7 +11,8 @@ of their frames is held for ``--hold`` video frames (default 4), so they change 
 moving briskly. CVC-ClinicDB's frames are training frames of the shipped models (the delay is optimistic);
 centre-a was never trained on. Each clip goes through `polypseg video` (``run_video``, the model's default
 precision and alert rule) and the table reads its per-frame CSV: polyp-free frames whose raw mask has a
-pixel (what the overlay drew before the contract), polyp-free frames outlined now, false alerts, and the delay
+pixel, polyp-free frames whose own verdict is polyp (what the overlay outlined before the contract), polyp-free
+frames outlined now, false alerts, and the delay
 from the polyp's first frame to its first alert.
 """
 
@@ -66,7 +67,8 @@ def measure(run: str, clip: Path, polyp: list[bool], folder: Path) -> list[str]:
     false_alerts = sum(1 for e in stats.events if not any(polyp[i] for i in range(len(rows))
                                                          if e.start_ms <= float(rows[i]["time_ms"]) < e.end_ms))
     return [Path(run).stem, clip.stem, f"{len(free)} / {sum(polyp)}",
-            str(sum(float(r["area_fraction"]) > 0 for r in free)), str(sum(r["outlined"] == "1" for r in free)),
+            str(sum(float(r["area_fraction"]) > 0 for r in free)), str(sum(r["polyp_present"] == "1" for r in free)),
+            str(sum(r["outlined"] == "1" for r in free)),
             str(false_alerts), f"{min(alerted):.0f} ms" if alerted else "never",
             f"{sum(r['outlined'] == '1' for r, p in zip(rows, polyp) if p)}/{sum(polyp)}",
             f"{stats.summary['operating_point']:.4g}", predictor.runtime]
@@ -78,7 +80,8 @@ def main() -> int:
     p.add_argument("--hold", type=int, default=4, help="video frames each polyp-free exam frame is held for")
     p.add_argument("-o", "--output", type=Path, help="also write the table as Markdown here")
     args = p.parse_args()
-    rows = [["model", "clip", "frames free / polyp", "free frames with a raw mask", "free frames outlined",
+    rows = [["model", "clip", "frames free / polyp", "free frames with a raw mask", "free frames whose verdict is polyp",
+             "free frames outlined",
              "false alerts", "first alert after the polyp's first frame", "polyp frames outlined",
              "operating point", "runtime"]]
     with tempfile.TemporaryDirectory() as tmp:

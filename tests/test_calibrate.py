@@ -104,3 +104,18 @@ def test_calibration_refuses_what_would_mislead(tiny_checkpoint, negatives_dir, 
     # from the command line: a specificity without polyp-free frames to choose it on
     assert main(["calibrate", "--run", str(tiny_checkpoint), "--specificity", "0.9"]) == 2
     assert "--specificity and -o go with --negatives" in capsys.readouterr().err
+
+
+def test_an_onnx_file_exported_before_a_calibration_runs_with_the_new_point(tiny_checkpoint, negatives_dir):
+    """The ONNX file beside a checkpoint holds its weights; the verdict, the operating point and the mask
+    threshold are the checkpoint JSON's, which `calibrate` rewrites after the export."""
+    from polypseg.export import export_onnx
+
+    shutil.copy(tiny_checkpoint / "best.safetensors", tiny_checkpoint / "last.safetensors")
+    shutil.copy(tiny_checkpoint / "best.json", tiny_checkpoint / "last.json")
+    export_onnx(tiny_checkpoint)
+    assert (tiny_checkpoint / "best.onnx").is_file()
+    calibrate(tiny_checkpoint, negatives=[str(negatives_dir)], specificity=0.5, verdict="logit")
+    fresh = Predictor(tiny_checkpoint, backend="onnxruntime")
+    assert fresh.onnx_path == tiny_checkpoint / "best.onnx"  # the exported file ran, not an export in memory
+    assert (fresh.config.verdict, fresh.operating_point) == ("logit", Predictor(tiny_checkpoint).operating_point)

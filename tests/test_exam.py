@@ -27,9 +27,9 @@ def _frames(scores, fps=25.0):
 
 def test_outline_styles_by_hand():
     # streams: the alert decides; single images: the verdict; research: every raw outline, the hidden ones as "raw"
-    assert [outline_style("alert", p, a) for p, a in [(0, 0), (1, 0), (0, 1), (1, 1)]] == [None, None, "shown", "shown"]
+    assert [outline_style("alert", p, a) for p, a in [(0, 0), (1, 0), (0, 1), (1, 1)]] == [None, None, None, "shown"]
     assert [outline_style("verdict", p, a) for p, a in [(0, 0), (1, 0), (0, 1), (1, 1)]] == [None, "shown", None, "shown"]
-    assert [outline_style("all", p, a) for p, a in [(0, 0), (1, 0), (0, 1), (1, 1)]] == ["raw", "raw", "shown", "shown"]
+    assert [outline_style("all", p, a) for p, a in [(0, 0), (1, 0), (0, 1), (1, 1)]] == ["raw", "raw", "raw", "shown"]
     with pytest.raises(PolypsegError, match="Unknown outline mode"):
         ExamLog(RULE, "everything")
 
@@ -42,13 +42,14 @@ def test_a_blip_the_rule_holds_back_is_not_drawn():
     log.close()
     # by hand: crossing at frame 6 (240 ms), alert at 320 ms (frame 8); below from frame 12 (480 ms), off at 560 ms
     assert [s.row["alert"] for s in steps] == [0] * 8 + [1] * 6 + [0] * 2
-    assert [s.row["outlined"] for s in steps] == [s.row["alert"] for s in steps]  # the blip (frame 2): not drawn
+    # the blip (frame 2) is not drawn, nor frames 12-13, which the release keeps under the alert after the polyp
+    assert [s.row["outlined"] for s in steps] == [0] * 8 + [1] * 4 + [0] * 4
     assert [s.row["polyp_present"] for s in steps] == [int(x >= 0.5) for x in scores]  # the verdict is kept
     research = ExamLog(RULE, "all")
     styles = [research.add(f).style for f in _frames(scores)]
     assert styles[2] == "raw" and styles[8] == "shown" and styles[0] == "raw"
     summary = log.summary(source="hand-made")
-    assert (summary["alerts"], summary["outlined_share"], summary["polyp_frame_share"]) == (1, 6 / 16, 7 / 16)
+    assert (summary["alerts"], summary["outlined_share"], summary["polyp_frame_share"]) == (1, 4 / 16, 7 / 16)
 
 
 def _green(frame: np.ndarray) -> np.ndarray:
@@ -72,7 +73,8 @@ def exam_clip(data_dir, tmp_path_factory):
 
 def test_no_outline_on_a_real_clip_unless_an_alert_is_on(exam_clip, tmp_path):
     """The shipped model on polyp-free frames of another hospital around a polyp: every green outline
-    pixel of the overlay video sits on a frame whose alert is on (the frames' own green counted out)."""
+    pixel of the overlay video sits on a frame whose alert is on and whose own verdict is polyp (the frames'
+    own green counted out)."""
     from polypseg.video import run_video
 
     clip, frames = exam_clip
@@ -87,7 +89,8 @@ def test_no_outline_on_a_real_clip_unless_an_alert_is_on(exam_clip, tmp_path):
     own = [_green(f).sum() for f in frames]
     outline = [int(_green(d).sum()) - int(o) for d, o in zip(drawn, own)]
     for row, pixels in zip(rows, outline):
-        if row["alert"] == "0":
+        assert row["outlined"] == str(int(row["alert"] == row["polyp_present"] == "1"))
+        if row["outlined"] == "0":
             assert pixels < 15, row  # nothing drawn (a few pixels of H.264 noise at most)
     raw = [float(r["area_fraction"]) > 0 for r in rows]
     alerted = [r["alert"] == "1" for r in rows]

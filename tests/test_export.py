@@ -215,15 +215,17 @@ def test_precision_picks_the_int8_file_beside_the_checkpoint(tiny_checkpoint, da
 
 
 def test_the_shipped_int8_file_is_the_real_time_models(frames):
-    """realtime.int8.onnx: made from the shipped weights, its verdict's score within a few thousandths of
-    the fp32 network's, its mask nearly the same."""
+    """realtime.int8.onnx: made from the shipped weights, its verdict's score (a logit, about 5-15 on these
+    polyp frames) within 0.3 of the fp32 network's, its peak probability within a few thousandths, its
+    mask nearly the same."""
     fp32 = Predictor("realtime", backend="onnxruntime")
     int8 = Predictor("realtime", backend="onnxruntime", precision="int8")
     assert int8.onnx_path.name == "realtime.int8.onnx" and int8.precision == "int8"
     assert "calibration frames" in onnx_metadata(int8.session)["polypseg.int8"]
     for frame in frames[:3]:
         a, b = fp32.predict(frame), int8.predict(frame)
-        assert abs(a.score - b.score) < 0.005
+        assert a.polyp_present and abs(a.score - b.score) < 0.3  # about 2% of a logit near 10
+        assert abs(float(a.prob.max()) - float(b.prob.max())) < 0.005
         ma, mb = a.prob >= fp32.threshold, b.prob >= int8.threshold
         assert (ma & mb).sum() * 2 >= 0.9 * (ma.sum() + mb.sum())
     assert Predictor("accurate", backend="onnxruntime", precision="auto").precision == "fp32"  # it ships none

@@ -209,17 +209,21 @@ class ScriptedPredictor:
 
 
 def test_segment_is_quiet_when_the_verdict_is_no_polyp(predictor, png):
-    point = predictor.operating_point  # the shipped model's, chosen on polyp-free frames: 0.9979
-    with TestClient(create_app(ScriptedPredictor(predictor, [0.03, 0.03, 0.9999]), ServeSettings(allowed_hosts=TESTSERVER))) as c:
+    point = predictor.operating_point  # the shipped model's, chosen on polyp-free frames: a logit of 5.90
+    low, high = round(point - 4, 4), round(point + 4, 4)
+    with TestClient(create_app(ScriptedPredictor(predictor, [low, low, high]), ServeSettings(allowed_hosts=TESTSERVER))) as c:
         quiet = _image(c, png, query="?probability=true").json()
-        assert (quiet["polyp_present"], quiet["polyp_score"]) == (False, 0.03)
+        assert (quiet["polyp_present"], quiet["polyp_score"]) == (False, pytest.approx(low, abs=1e-4))
         assert quiet["operating_point"] == pytest.approx(point, abs=1e-4)  # rounded to 4 places
         assert (quiet["polygons"], quiet["area_fraction"], quiet["regions"], quiet["confidence"]) == ([], 0.0, 0, None)
         assert quiet["max_probability"] == 0.9 and quiet["probability_png"]  # the map comes: the page gates its drawing
-        mask = cv2.imdecode(np.frombuffer(_image(c, png, query="?format=png").content, np.uint8), cv2.IMREAD_GRAYSCALE)
-        assert mask.shape == (288, 384) and not mask.any()
+        # the mask as a file stays raw (the square of 0.9), the verdict beside it
+        answer = _image(c, png, query="?format=png")
+        mask = cv2.imdecode(np.frombuffer(answer.content, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == (288, 384) and (mask == 255).sum() == 72 * 96
+        assert answer.headers["X-Polyp-Present"] == "0" and float(answer.headers["X-Operating-Point"]) == pytest.approx(point, abs=1e-4)
         seen = _image(c, png).json()
-        assert seen["polyp_present"] and seen["polyp_score"] == 0.9999 and len(seen["polygons"]) == 1
+        assert seen["polyp_present"] and seen["polyp_score"] == pytest.approx(high, abs=1e-4) and len(seen["polygons"]) == 1
 
 
 # --- bad input: a 4xx with one line of JSON, and the server keeps serving --------------------------
@@ -466,8 +470,8 @@ def test_live_websocket_answers_each_frame(client, data_dir):
 
 
 def test_live_alert_starts_after_the_onset_and_ends_after_the_release(predictor, png):
-    scores = [0.1] * 2 + [0.9999] * 9 + [0.1] * 8  # the onset and the release (200 ms) last 4 or more frames here
-    assert 0.1 < predictor.operating_point <= 0.9999
+    point = predictor.operating_point
+    scores = [point - 4] * 2 + [point + 4] * 9 + [point - 4] * 8  # the onset and the release (200 ms): 4+ frames here
     rule = AlertRule().resolved(predictor.operating_point)
     with TestClient(create_app(ScriptedPredictor(predictor, scores), ServeSettings(allowed_hosts=TESTSERVER))) as c:
         assert c.get("/api/v1/model").json()["alert_rule"] == rule.as_dict()
@@ -481,7 +485,8 @@ def test_live_alert_starts_after_the_onset_and_ends_after_the_release(predictor,
     assert [a["polyp_score"] for a in answers] == scores and t == sorted(set(t))
     assert not answers[0]["polyp_present"] and answers[0]["polygons"] == []  # quiet below the operating point
     # what the endoscopist sees follows the alert: outlines only while it is on, none before the onset
-    assert [bool(a["polygons"]) for a in answers] == [a["outlined"] for a in answers] == [a["alert"] for a in answers]
+    assert [bool(a["polygons"]) for a in answers] == [a["outlined"] for a in answers]
+    assert [a["outlined"] for a in answers] == [a["alert"] and a["polyp_present"] for a in answers]
     started = [i for i, a in enumerate(answers) if a["alert_started"]]
     ended = [i for i, a in enumerate(answers) if a["alert_ended"]]
     assert len(started) == len(ended) == 1

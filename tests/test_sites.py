@@ -112,3 +112,28 @@ def sites_sha(weights):
     from polypseg.runtime import file_sha256
 
     return file_sha256(weights)
+
+
+def test_batch_takes_the_sites_rule_and_flags_beat_it(tiny_checkpoint, data_dir, tmp_path):
+    """`polypseg batch --site NAME`: the archive's rule (batch.json, the page) is the site's, a flag given
+    beside it wins; an exam already done is skipped, so no model worker starts here."""
+    from polypseg.batch import DONE, run_batch
+
+    weights = tiny_checkpoint / "best.safetensors"
+    profile = sites.choose("endo-3", [_clip(np.linspace(0, 1, 50))], None, flagged_share=0.1, onset_ms=300)
+    sites.save(sites.SiteProfile(**{**profile.__dict__, "model_sha256": sites_sha(weights)}), weights)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    write_clip([read_image(data_dir / "images" / "001.png")] * 2, archive / "exam.mp4")
+    out = tmp_path / "out"
+    (out / "exams" / "exam").mkdir(parents=True)
+    (out / "exams" / "exam" / DONE).write_text(json.dumps({"frames": 2, "skipped": 0, "duration_ms": 80, "alerts": 0,
+                                                           "alerts_per_minute": 0, "alerted_share": 0,
+                                                           "polyp_frame_share": 0, "peak_score": 0}))
+    result = run_batch([archive], out, checkpoint=weights, site="endo-3", show_progress=False)
+    assert result.skipped == ["exam"]
+    run = json.loads((out / "batch.json").read_text())
+    assert run["site"] == "endo-3" and run["operating_point"] == pytest.approx(profile.operating_point)
+    assert run["rule"]["onset_ms"] == 300
+    run_batch([archive], out, checkpoint=weights, site="endo-3", alert_overrides={"onset_ms": 120}, show_progress=False)
+    assert json.loads((out / "batch.json").read_text())["rule"]["onset_ms"] == 120

@@ -78,7 +78,7 @@ def test_video_file_gives_playable_overlay_and_csv(sequence, tiny_checkpoint, tm
     assert all(float(r["latency_ms"]) > 0 and r["polyp_present"] in ("0", "1") for r in rows)
     # the raw mask's figures whatever the verdict; an outline only while an alert is on
     assert all((r["mean_confidence"] == "") == (float(r["area_fraction"]) == 0) for r in rows)
-    assert all(r["outlined"] == r["alert"] for r in rows)
+    assert all(r["outlined"] == str(int(r["alert"] == r["polyp_present"] == "1")) for r in rows)
     assert _leftovers(out_dir, "overlay.alerts") == _outputs("overlay")
     assert all(p.stat().st_mode & 0o644 == 0o644 for p in out_dir.iterdir())
     assert [float(r["time_ms"]) for r in rows] == pytest.approx([40 * i for i in range(N)])  # the file's 25 fps

@@ -10,6 +10,9 @@ The Python API is a few calls::
     result = predictor.predict(frame)                   # .prob (H x W), .score, .polyp_present (the verdict)
     polypseg.describe(result, predictor.threshold)      # verdict, score, area, regions, confidence, polygons
     summary = polypseg.evaluate(run)                    # metrics + report of the split's test side
+    profile, path = polypseg.calibrate_site(run, "endo-3", ["polyp-free-exam.mp4"], flagged_share=0.05)
+    stats = polypseg.run_video("exam.mp4", polypseg.Predictor(run, site="endo-3"), "out.mp4")  # outlines only
+                                                        # while an alert is on (polypseg.exam)
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ _API = {
     "PolypsegError": "errors",
     "train": "train",
     "calibrate": "calibration",
+    "calibrate_site": "calibration",
     "load_model": "model",
     "build_model": "model",
     "Predictor": "predict",
     "describe": "predict",
     "AlertRule": "alerts",
     "AlertTracker": "alerts",
+    "ExamLog": "exam",
     "run_video": "video",
     "evaluate": "evaluate",
     "index_dataset": "data",

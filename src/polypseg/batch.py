@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,29 @@ ERROR_FIELDS = ("exam", "source", "reason")
 WAIT_FOR_WORKERS_S = 600
 INSTALL_HINT = "polypseg batch runs on Ray Data: install it with pip install 'polypseg[scale]' (or pip install 'ray[data]')."
 log = logging.getLogger("polypseg.batch")
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """One batch run's settings: the model and how it runs, the alert rule (its operating point filled in),
+    the site profile it came from, what is outlined, the mask threshold, and Ray's share of the work
+    (``workers`` is known once the cluster is up). Recorded in ``batch.json`` and on the archive page."""
+
+    model: str
+    backend: str
+    precision: str
+    rule: AlertRule
+    site: str | None
+    outlines: str
+    threshold: float
+    address: str | None
+    batch_size: int
+    threads_per_worker: int
+    overlay: bool
+    workers: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rule": self.rule.as_dict(), "operating_point": self.rule.operating_point}
 
 
 @dataclass(frozen=True)
@@ -386,14 +409,14 @@ def _archive_rows(exams: list[Exam], exams_dir: Path) -> list[dict]:
     return rows
 
 
-def _archive_html(rows: list[dict], errors: list[dict], settings: dict) -> str:
+def _archive_html(rows: list[dict], errors: list[dict], settings: BatchSettings) -> str:
     e = html.escape
     minutes = sum(r["duration_s"] for r in rows) / 60
     alerts = sum(r["alerts"] for r in rows)
     head = (f"<p>{len(rows)} exam(s) done, {len(errors)} failed; {sum(r['frames'] for r in rows)} frames, "
             f"{minutes:.1f} min of video; {alerts} alert(s), {alerts / minutes if minutes else 0:.2f} per minute "
-            f"overall. Model {e(settings['model'])} ({e(settings['backend'])} {e(settings['precision'])}), "
-            f"operating point {settings['operating_point']:.3f}; alert rule {e(json.dumps(settings['rule']))}.</p>")
+            f"overall. Model {e(settings.model)} ({e(settings.backend)} {e(settings.precision)}), "
+            f"operating point {settings.rule.operating_point:.4g}; alert rule {e(json.dumps(settings.rule.as_dict()))}.</p>")
     lines = []
     for r in sorted(rows, key=lambda r: (-r["alerts_per_minute"], r["exam"])):
         link = e(f"exams/{r['exam']}")
@@ -535,20 +558,17 @@ def run_batch(
     logfile = out / "batch.log"
     _append_log(logfile, f"start: {len(exams)} exam(s), {len(result.skipped)} already done, {len(todo)} to do")
     threads = threads or 1
-    settings = {"model": str(weights), "backend": backend, "precision": precision, "operating_point": rule.operating_point,
-                "site": site, "outlines": outlines,
-                "threshold": cfg.decision_threshold if threshold is None else threshold, "rule": rule.as_dict(),
-                "address": address, "batch_size": batch_size, "threads_per_worker": threads, "overlay": overlay}
+    settings = BatchSettings(model=str(weights), backend=backend, precision=precision, rule=rule, site=site,
+                             outlines=outlines, threshold=cfg.decision_threshold if threshold is None else threshold,
+                             address=address, batch_size=batch_size, threads_per_worker=threads, overlay=overlay)
     start = time.perf_counter()
     if todo:
         ray, started = _start_ray(address, num_cpus)
         try:
-            if workers is None:
-                workers = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
-            settings["workers"] = workers
             files = _model_files(weights, backend, precision)
-            settings["precision"] = "int8" if "model.int8.onnx" in files else "fp32"  # what ran, auto resolved
-            _run(ray, todo, result, settings, rule, files, exams_dir, logfile, fps, show_progress)
+            settings = replace(settings, workers=workers or max(1, int(ray.cluster_resources().get("CPU", 1) // threads)),
+                               precision="int8" if "model.int8.onnx" in files else "fp32")  # what ran, auto resolved
+            _run(ray, todo, result, settings, files, exams_dir, logfile, fps, show_progress)
         finally:
             if started:
                 ray.shutdown()
@@ -557,7 +577,7 @@ def run_batch(
     atomic_write_text(out / "archive.csv", csv_text(rows, ARCHIVE_FIELDS))
     atomic_write_text(out / "errors.csv", csv_text(result.errors, ERROR_FIELDS))
     atomic_write_text(out / "index.html", _archive_html(rows, result.errors, settings))
-    run = {**settings, "exams": len(exams), "done": len(result.done), "skipped": len(result.skipped),
+    run = {**settings.as_dict(), "exams": len(exams), "done": len(result.done), "skipped": len(result.skipped),
            "failed": len(result.errors), "frames": result.frames, "seconds": round(result.seconds, 3),
            "fps": round(result.fps, 3), "frames_by_node": result.frames_by_node}
     atomic_write_text(out / "batch.json", json.dumps(run, indent=2) + "\n")
@@ -565,18 +585,18 @@ def run_batch(
     return result
 
 
-def _checked(ray, batches, settings: dict):
+def _checked(ray, batches, settings: BatchSettings):
     """The result batches; workers that cannot all start become a PolypsegError."""
     try:
         yield from batches
     except ray.exceptions.GetTimeoutError:
         raise PolypsegError(
-            f"{settings['workers']} model worker(s) with {settings['threads_per_worker']} CPU(s) each did not all start "
+            f"{settings.workers} model worker(s) with {settings.threads_per_worker} CPU(s) each did not all start "
             f"within {WAIT_FOR_WORKERS_S} s: the Ray cluster has too few free CPUs. Ask for fewer --workers or "
             "--threads.") from None
 
 
-def _run(ray, todo: list[Exam], result: BatchResult, settings: dict, rule: AlertRule, model_files: dict[str, bytes],
+def _run(ray, todo: list[Exam], result: BatchResult, settings: BatchSettings, model_files: dict[str, bytes],
          exams_dir: Path, logfile: Path, fps: float | None, show_progress: bool) -> None:
     """The Ray Data pipeline, and each exam written as soon as all its frames are back."""
     ctx = ray.data.DataContext.get_current()
@@ -594,15 +614,15 @@ def _run(ray, todo: list[Exam], result: BatchResult, settings: dict, rule: Alert
     # that the other holds.
     # The model stage takes the decoder's batches as they are (batch_size None): with a batch size of its
     # own, Ray Data would bundle that many exams into one task, and one worker would get them all.
-    ds = ds.map_batches(decode_exams, batch_size=1, fn_kwargs={"fps": fps, "chunk": settings["batch_size"]},
-                        num_cpus=settings["threads_per_worker"])
+    ds = ds.map_batches(decode_exams, batch_size=1, fn_kwargs={"fps": fps, "chunk": settings.batch_size},
+                        num_cpus=settings.threads_per_worker)
     ds = ds.map_batches(
         FrameSegmenter, batch_size=None, batch_format="numpy",
-        fn_constructor_kwargs={"model_files": model_files, "backend": settings["backend"],
-                               "threads": settings["threads_per_worker"], "threshold": settings["threshold"],
-                               "precision": settings["precision"]},
-        compute=ray.data.ActorPoolStrategy(size=settings["workers"], max_tasks_in_flight_per_actor=1),
-        num_cpus=settings["threads_per_worker"],
+        fn_constructor_kwargs={"model_files": model_files, "backend": settings.backend,
+                               "threads": settings.threads_per_worker, "threshold": settings.threshold,
+                               "precision": settings.precision},
+        compute=ray.data.ActorPoolStrategy(size=settings.workers, max_tasks_in_flight_per_actor=1),
+        num_cpus=settings.threads_per_worker,
     )
     pending: dict[str, dict[int, dict]] = defaultdict(dict)
     ends: dict[str, dict] = {}
@@ -641,8 +661,8 @@ def _run(ray, todo: list[Exam], result: BatchResult, settings: dict, rule: Alert
                     got = pending.pop(name)
                     frames = [got[k] for k in sorted(got)]
                     try:
-                        s = write_exam(by_name[name], frames, ends.pop(name), rule, exams_dir, settings["overlay"],
-                                       settings["outlines"], {"model": settings["model"], "site": settings["site"]})
+                        s = write_exam(by_name[name], frames, ends.pop(name), settings.rule, exams_dir,
+                                       settings.overlay, settings.outlines, {"model": settings.model, "site": settings.site})
                     except (PolypsegError, OSError, ValueError) as err:
                         fail(name, f"writing its outputs failed: {err}")
                         continue

@@ -140,13 +140,17 @@ def _data_preview(args) -> int:
     from .transforms import preview
 
     cfg = _config_from_args(args)
-    index = index_dataset(args.dir, negatives=cfg.negatives)
-    pairs = list(index.pairs)
-    if cfg.polyp_free_views:  # a few frames' views beside them, as training sees them
+    pairs = list(index_dataset(args.dir, negatives=cfg.negatives).pairs)
+    if cfg.polyp_free_views:  # a quarter of the grid: polyp-free views, as training sees them
+        import random
+
         from .data import polyp_free_views
 
-        polyp = [p for p in pairs if p.polyp is not False][: max(args.n, 8)]
-        pairs += polyp_free_views(polyp, cfg.width / cfg.height, cfg.seed)
+        rng = random.Random(cfg.seed)
+        polyp = [p for p in pairs if p.polyp is not False]
+        views = polyp_free_views(rng.sample(polyp, min(len(polyp), args.n)), cfg.width / cfg.height, cfg.seed)
+        shown = views[: max(1, args.n // 4)]
+        pairs = rng.sample(pairs, min(len(pairs), args.n - len(shown))) + shown
     out = preview(pairs, cfg, args.output, n=args.n, seed=cfg.seed)
     print(f"written: {out}")
     return 0

@@ -343,7 +343,7 @@ def _evaluate_into(
             "id": pair.id, "sequence": pair.sequence, "height": image.shape[0], "width": image.shape[1],
             "polyp": label, "polyp_score": prediction.score, "polyp_present": int(prediction.polyp_present),
             "shown_area": float(shown.mean()), "head_score": sources.get("head"), "peak_probability": sources["peak"],
-            "area_at_threshold": sources["area"], **{k: None for k in SEG_COLUMNS},
+            "top_logit": sources["logit"], "area_at_threshold": sources["area"], **{k: None for k in SEG_COLUMNS},
         }
         if label and pair.mask is not None:
             pred = prob >= threshold
@@ -430,7 +430,7 @@ def _frame_summary(rows: list[dict[str, Any]], predictor: Predictor, bootstrap: 
         "polyp_free_drawn": None, "polyp_free_drawn_visible": None,
     }
     # every score source the model has, judged on these frames (the verdict's source was fixed before)
-    sources = {"peak": "peak_probability", "area": "area_at_threshold"}
+    sources = {"logit": "top_logit", "peak": "peak_probability", "area": "area_at_threshold"}
     if rows and rows[0]["head_score"] is not None:
         sources["head"] = "head_score"
     out["auc_by_source"] = {name: metrics.roc_auc(np.array([r[col] for r in rows], np.float64), labels)
@@ -445,6 +445,15 @@ def _frame_summary(rows: list[dict[str, Any]], predictor: Predictor, bootstrap: 
         out["auc_ci"] = metrics.roc_auc_ci(score, labels, bootstrap, seed) if bootstrap else None
         point = metrics.operating_point_for(score, labels, TARGET_SENSITIVITY)
         out["fa_at_target"] = metrics.frame_rates(metrics.frame_counts(score, labels, point))["false_alarm_rate"]
+    # polyp-free frames flagged, sequence by sequence (at the operating point, and at the 95% reading)
+    by_sequence: dict[str, list[float]] = {}
+    for r, s in zip(rows, score):
+        if not r["polyp"] and r["sequence"] not in (None, ""):
+            by_sequence.setdefault(str(r["sequence"]), []).append(s)
+    out["flagged_by_sequence"] = {
+        seq: {"frames": len(v), "flagged": float((np.array(v) >= predictor.operating_point).mean()),
+              "flagged_at_target": None if out["auc"] is None else float((np.array(v) >= point).mean())}
+        for seq, v in sorted(by_sequence.items(), key=lambda kv: (len(kv[0]), kv[0]))}
     return out
 
 

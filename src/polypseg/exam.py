@@ -6,8 +6,9 @@ rule (``polypseg.alerts``) turns them into alert states and events; ``ExamLog`` 
 the events and the summary; ``ExamWriter`` writes them as files with one naming (``exam_files``).
 
 What the endoscopist sees follows the verdict, never the raw mask (docs/quiet.md, "from score to picture"):
-- on video and live streams an outline is drawn only while an alert is on (``OUTLINES`` ``alert``): a blip the
-  rule holds back is not drawn either;
+- on video and live streams an outline is drawn only while an alert is on, on frames whose own verdict is
+  polyp (``OUTLINES`` ``alert``): a blip the rule holds back is not drawn, nor the frames the release keeps
+  the alert on for after the polyp has gone (their amber border says the alert is still on);
 - on single images (predict, the Images tab, the API) it follows the frame's verdict (``verdict``);
 - for research, ``all`` shows every raw outline too, those the rule would hide in another style (``raw``);
 - files keep the raw mask and probabilities, with the verdict, the alert state and ``outlined`` beside them.
@@ -48,11 +49,13 @@ def check_outlines(outlines: str) -> str:
 def outline_style(outlines: str, polyp_present: bool, alert: bool) -> str | None:
     """How a frame's raw mask is drawn: ``"shown"`` (the outline the endoscopist sees), ``"raw"`` (research
     only: an outline the contract hides, drawn in another style) or None (not drawn). ``outlines``: ``alert``
-    (streams: while an alert is on), ``verdict`` (single images: when the verdict is polyp) or ``all``
-    (streams, research: what ``alert`` shows, and every other raw outline as ``raw``)."""
+    (streams: while an alert is on, on the frames whose own verdict is polyp: a blip the rule holds back is
+    not drawn, nor the tissue of the frames the release keeps the alert on for after the polyp has gone),
+    ``verdict`` (single images: when the verdict is polyp) or ``all`` (streams, research: what ``alert``
+    shows, and every other raw outline as ``raw``)."""
     if outlines == "verdict":
         return "shown" if polyp_present else None
-    if alert:
+    if alert and polyp_present:
         return "shown"
     return "raw" if outlines == "all" else None
 

@@ -30,7 +30,7 @@ import torch
 
 from .config import Config
 from .errors import PolypsegError
-from .model import load_checkpoint, split_output
+from .model import load_checkpoint, read_checkpoint_meta, split_output
 
 BACKENDS = ("torch", "onnxruntime")
 # which ONNX file the onnxruntime backend runs (onnx_backend): fp32, int8, or int8 where there is one
@@ -335,7 +335,13 @@ def onnx_backend(
         if session is None:
             model, cfg = load_checkpoint(weights)
             session = ort_session(export_bytes(model, cfg, weights), device, threads, spin)
-    cfg = Config.from_dict(json.loads(onnx_metadata(session)[ONNX_CONFIG_KEY]))
+    if weights is not None:
+        # the checkpoint's JSON, not the config the ONNX file was exported with: the file holds the same
+        # weights (checked above), but a verdict, operating point or threshold chosen since (`polypseg
+        # calibrate`) lives in the JSON only
+        cfg = Config.from_dict(read_checkpoint_meta(weights)["config"])
+    else:
+        cfg = Config.from_dict(json.loads(onnx_metadata(session)[ONNX_CONFIG_KEY]))
     return OnnxBackend(session, onnx_path, skipped), cfg
 
 

@@ -85,9 +85,8 @@ async def segment(
 
     def work():
         prob, info = segment_frame(state.predictor, decode_image(data), threshold)
-        if format == "png":
-            shown = (prob >= info["threshold"]) & info["polyp_present"]  # quiet when the verdict is no polyp
-            return png_bytes(shown.astype(np.uint8) * 255), info
+        if format == "png":  # a file: the raw mask, the verdict beside it in the headers (docs/quiet.md)
+            return png_bytes((prob >= info["threshold"]).astype(np.uint8) * 255), info
         if probability:
             info["probability_png"] = base64.b64encode(png_bytes(np.round(prob * 255).astype(np.uint8))).decode()
         return None, info
@@ -96,5 +95,7 @@ async def segment(
     if mask_png is not None:
         return Response(mask_png, media_type="image/png", headers={
             "X-Polyp-Area-Fraction": str(info["area_fraction"]), "X-Polyp-Regions": str(info["regions"]),
-            "X-Polyp-Confidence": str(info["confidence"] or ""), "X-Threshold": str(info["threshold"])})
+            "X-Polyp-Confidence": str(info["confidence"] or ""), "X-Threshold": str(info["threshold"]),
+            "X-Polyp-Present": str(int(info["polyp_present"])), "X-Polyp-Score": str(info["polyp_score"]),
+            "X-Operating-Point": str(info["operating_point"])})
     return info

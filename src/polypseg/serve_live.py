@@ -67,8 +67,8 @@ async def live_stream(ws: WebSocket):
 def live_step(log, t_ms: float, prob: np.ndarray, info: dict) -> dict:
     """One answered live frame through its connection's ``ExamLog``: ``t_ms`` (when it arrived, ms since the
     connection opened; kept increasing), ``smoothed_score``, ``alert``, ``alert_started``, ``alert_ended``
-    and ``outlined``; the frame's ``polygons`` become the raw mask's outlines while an alert is on, and none
-    otherwise (a blip the rule holds back is not drawn)."""
+    and ``outlined``; the frame keeps its ``polygons`` only while an alert is on and its own verdict is polyp
+    (``exam.outline_style``): a blip the rule holds back is not drawn."""
     from .exam import frame_result
     from .predict import mask_polygons
 
@@ -76,7 +76,7 @@ def live_step(log, t_ms: float, prob: np.ndarray, info: dict) -> dict:
                                 info["threshold"])
     step = log.add(result)
     shown = step.style == "shown"
-    if shown and not info["polygons"]:  # the alert is on, this frame's own verdict is not: the raw outline
+    if shown and not info["polygons"]:  # the rule's point is not the frame's (a flag beside a site): its outline
         info["polygons"] = mask_polygons(mask)
     elif not shown:
         info["polygons"] = []
