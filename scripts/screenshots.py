@@ -2,7 +2,7 @@
 Chromium, CVC-ClinicDB frames and a fake camera) with POLYPSEG_SCREENSHOTS set, so the pictures come from
 the same code the tests check.
 
-    python scripts/screenshots.py            # writes docs/img/images.png, video.png, live.png
+    python scripts/screenshots.py            # writes docs/img/images.png, video.png, live.png, settings.png
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def main() -> int:
     env = {**os.environ, "POLYPSEG_SCREENSHOTS": str(out.resolve())}
     code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "browser", "tests/test_serve_browser.py"],
                            cwd=REPO, env=env)
-    for name in ("images", "video", "live"):
+    for name in ("images", "video", "live", "settings"):
         path = out / f"{name}.png"
         print(f"{path}: {path.stat().st_size // 1024} KB" if path.is_file() else f"{path}: missing")
     return code
