@@ -27,9 +27,8 @@ import cv2
 
 from polypseg import Predictor
 from polypseg.data import index_dataset
-from polypseg.files import atomic_write_text
 from polypseg.media import folder_images, read_image, write_clip
-from polypseg.progress import text_table
+from polypseg.progress import show_table
 from polypseg.video import run_video
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -89,10 +88,7 @@ def main() -> int:
         for run in args.run or ["realtime", "accurate"]:
             for clip, polyp in clips.values():
                 rows.append(measure(run, clip, polyp, Path(tmp)))
-    text = "\n".join(text_table(rows))
-    print(text)
-    if args.output:
-        atomic_write_text(args.output, text + "\n")
+    show_table(rows, args.output)
     return 0
 
 

@@ -25,11 +25,10 @@ import numpy as np
 from polypseg import Predictor
 from polypseg.config import DEFAULT_DATA, HYPERKVASIR_NEGATIVES, KVASIR_DATA
 from polypseg.data import index_dataset
-from polypseg.files import atomic_write_text
 from polypseg.media import read_image
 from polypseg.metrics import operating_point_for, roc_auc
 from polypseg.predict import PRETRAINED_DIR, logit, resolve_model
-from polypseg.progress import progress, text_table
+from polypseg.progress import progress, show_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CENTRE_A = SHARED / "data" / "polypgen-centre-a"
@@ -92,10 +91,7 @@ def main() -> int:
             flagged = float((c[yc == 0] >= points[1]).mean())
             rows.append([Path(run).name, name, f"{roc_auc(d, yd):.3f}", f"{roc_auc(c, yc):.3f}", f"{100 * flagged:.1f}%",
                          " / ".join(f"{x:.4g}" for x in points)])
-    text = "\n".join(text_table(rows))
-    print(text)
-    if args.output:
-        atomic_write_text(args.output, text + "\n")
+    show_table(rows, args.output)
     return 0
 
 

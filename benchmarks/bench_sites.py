@@ -24,10 +24,9 @@ import numpy as np
 
 from polypseg import Predictor, sites
 from polypseg.calibration import validation_polyp_scores
-from polypseg.files import atomic_write_text
 from polypseg.media import folder_images, read_image
 from polypseg.predict import resolve_model
-from polypseg.progress import progress, text_table
+from polypseg.progress import progress, show_table, text_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CENTRE_A = SHARED / "polypgen-centre-a"
@@ -67,11 +66,9 @@ def main() -> int:
                          "-" if sens_val is None else f"{100 * sens_val:.1f}%"])
     per_seq = [["sequence", "frames", "median score", "90th percentile"]] + [
         [s, str(len(v)), f"{np.median(v):.3g}", f"{np.quantile(v, 0.9):.3g}"] for s, v in scores.items()]
-    text = (f"model {weights} (verdict '{predictor.config.verdict}', {predictor.runtime})\n\n"
-            + "\n".join(text_table(rows)) + "\n\n" + "\n".join(text_table(per_seq)))
-    print(text)
-    if args.output:
-        atomic_write_text(args.output, text + "\n")
+    head = (f"model {weights} (verdict '{predictor.config.verdict}', {predictor.runtime})\n\n"
+            + "\n".join(text_table(per_seq)))
+    show_table(rows, args.output, head=head)
     return 0
 
 

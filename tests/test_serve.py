@@ -343,9 +343,10 @@ def clip(data_dir, tmp_path_factory):
     return write_clip(frames, tmp_path_factory.mktemp("clip") / "clip.mp4").read_bytes()
 
 
-def _wait(c, job_id: str) -> dict:
+def _wait(c, job_id: str, url: str = "/api/v1/videos/{}") -> dict:
+    """Poll a job (a video job; a site job with ``url="/api/v1/sites/jobs/{}"``) until it has ended."""
     deadline = time.monotonic() + 120
-    while (job := c.get(f"/api/v1/videos/{job_id}").json())["status"] in ("queued", "running"):
+    while (job := c.get(url.format(job_id)).json())["status"] in ("queued", "running"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     return job
@@ -757,11 +758,7 @@ def site_model(tiny_checkpoint):
 
 
 def _wait_site(c, job_id: str) -> dict:
-    deadline = time.monotonic() + 120
-    while (job := c.get(f"/api/v1/sites/jobs/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    return job
+    return _wait(c, job_id, "/api/v1/sites/jobs/{}")
 
 
 def test_sites_api_calibrates_moves_and_applies_a_site(site_model, tiny_checkpoint, data_dir, png, tmp_path, monkeypatch):

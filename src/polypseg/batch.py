@@ -38,7 +38,7 @@ import numpy as np
 from .alerts import AlertRule
 from .config import Config
 from .errors import PolypsegError
-from .exam import ExamLog, ExamWriter, FrameResult, check_outlines, exam_files, thumbnail_name
+from .exam import ExamLog, ExamWriter, FrameResult, check_outlines, exam_files, mask_figures, thumbnail_name
 from .files import atomic_write_text, check_writable, csv_text, publish_folder
 from .media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, even_size, open_source, open_writer
 from .model import load_checkpoint, read_checkpoint_meta
@@ -291,10 +291,9 @@ class FrameSegmenter:
                 geometry, hw, spent = prepared[i]
                 begin = time.perf_counter()
                 prediction = self.predictor.finish((probs[j], None if heads is None else float(heads[j])), geometry, hw)
-                mask = prediction.prob >= self.threshold  # the raw mask: the driver decides what is drawn
-                area = int(mask.sum())
-                stats = {"polyp_score": float(prediction.score), "area_fraction": area / mask.size,
-                         "mean_confidence": float(prediction.prob[mask].mean()) if area else ""}
+                mask, area, confidence = mask_figures(prediction.prob, self.threshold)  # raw: the driver draws
+                stats = {"polyp_score": float(prediction.score), "area_fraction": area,
+                         "mean_confidence": "" if confidence is None else confidence}
                 results[i] = (stats, mask, 1000 * (spent + share + time.perf_counter() - begin))
         for i in range(n):
             for k in ("exam", "kind", "index", "time_ms", "note", "height", "width"):

@@ -11,6 +11,7 @@ is, the shipped ones, to get an operating point that is not "any pixel drawn". N
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -273,7 +274,7 @@ def calibrate_site(model: str | Path, name: str, sources: list[str | Path], *,
         raise PolypsegError("Give the site's polyp-free video (--site-video CLIP, repeatable) or folders of its "
                             "polyp-free frames.")
     weights = resolve_model(str(model))
-    predictor = Predictor(weights, backend="onnxruntime", precision=precision) if precision != "fp32" else Predictor(weights)
+    predictor = Predictor(weights, backend="torch" if precision == "fp32" else "onnxruntime", precision=precision)
     clips = []
     for source in sources:
         src = open_source(source)
@@ -294,8 +295,6 @@ def calibrate_site(model: str | Path, name: str, sources: list[str | Path], *,
     polyp_scores = validation_polyp_scores(weights, predictor, progress)
     profile = sites.choose(name, clips, polyp_scores, false_alerts_per_minute=false_alerts_per_minute,
                            flagged_share=flagged_share, onset_ms=onset_ms)
-    from dataclasses import replace
-
     profile = replace(profile, verdict=predictor.config.verdict, model_sha256=file_sha256(weights),
                       sources=[str(s) for s in sources])
     return profile, sites.save(profile, weights)

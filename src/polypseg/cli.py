@@ -141,16 +141,6 @@ def _data_preview(args) -> int:
 
     cfg = _config_from_args(args)
     pairs = list(index_dataset(args.dir, negatives=cfg.negatives).pairs)
-    if cfg.polyp_free_views:  # a quarter of the grid: polyp-free views, as training sees them
-        import random
-
-        from .data import polyp_free_views
-
-        rng = random.Random(cfg.seed)
-        polyp = [p for p in pairs if p.polyp is not False]
-        views = polyp_free_views(rng.sample(polyp, min(len(polyp), args.n)), cfg.width / cfg.height, cfg.seed)
-        shown = views[: max(1, args.n // 4)]
-        pairs = rng.sample(pairs, min(len(pairs), args.n - len(shown))) + shown
     out = preview(pairs, cfg, args.output, n=args.n, seed=cfg.seed)
     print(f"written: {out}")
     return 0
@@ -220,28 +210,12 @@ def _calibrate(args) -> int:
                                        false_alerts_per_minute=args.target_false_alerts_per_minute,
                                        flagged_share=args.target_flagged_share, onset_ms=args.onset_ms, fps=args.fps,
                                        progress=not args.no_progress)
-        print(format_site(profile))
+        print(profile.summary_text())
         print(f"written: {path}\nuse it with --site {profile.name} (video, serve, batch) or Predictor(..., site='{profile.name}')")
         return 0
     calibrate(args.run, sensitivity=args.sensitivity, choose_threshold=args.choose_threshold,
               negatives=args.negatives, specificity=args.specificity, out=args.output, verdict=args.verdict)
     return 0
-
-
-def format_site(profile) -> str:
-    """A site profile in a few lines: the setting, its target and what it costs."""
-    m = profile.measured
-    fa = m.get("false_alerts_per_minute")
-    sens = m.get("validation_sensitivity")
-    target = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in profile.target.items())
-    return "\n".join([
-        f"site '{profile.name}': operating point {profile.operating_point:.4g} (verdict '{profile.verdict}'), alert onset "
-        f"{profile.onset_ms:g} ms, release {profile.release_ms:g} ms (target: {target})",
-        f"on the site's {m['frames']} polyp-free frames ({m['minutes']:.2f} min): {100 * m['flagged_share']:.1f}% flagged, "
-        + (f"{fa:.2f} false alerts per minute ({m['false_alerts']})" if fa is not None else "false alerts per minute unknown (no timestamps)"),
-        f"sensitivity on the model's {m['validation_polyp_frames']} validation polyp frames: {100 * sens:.1f}%" if sens is not None
-        else "sensitivity: unknown (the model has no validation side here: check it on polyp frames with polypseg evaluate)",
-    ])
 
 
 def _compare(args) -> int:

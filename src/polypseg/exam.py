@@ -75,14 +75,20 @@ class FrameResult:
     latency_ms: float | None = None
 
 
+def mask_figures(prob: np.ndarray, threshold: float) -> tuple[np.ndarray, float, float | None]:
+    """The raw mask at ``threshold``, the share of the frame it covers, and the mean probability inside it
+    (None without a mask): what every file and row reports, whatever the verdict."""
+    mask = prob >= threshold
+    area = int(mask.sum())
+    return mask, (area / mask.size if mask.size else 0.0), (float(prob[mask].mean()) if area else None)
+
+
 def frame_result(index: int, t_ms: float, prob: np.ndarray, score: float, operating_point: float, threshold: float,
                  latency_ms: float | None = None) -> tuple[FrameResult, np.ndarray]:
     """A frame's probability map and polyp score -> (its ``FrameResult``, the verdict at ``operating_point``
     (the alert rule's: streams decide frames and alerts at one point), its raw bool mask at ``threshold``)."""
-    mask = prob >= threshold
-    area = int(mask.sum())
-    return FrameResult(int(index), float(t_ms), float(score), float(score) >= operating_point,
-                       area / mask.size if mask.size else 0.0, float(prob[mask].mean()) if area else None,
+    mask, area, confidence = mask_figures(prob, threshold)
+    return FrameResult(int(index), float(t_ms), float(score), float(score) >= operating_point, area, confidence,
                        latency_ms), mask
 
 

@@ -19,6 +19,7 @@ from .config import Config
 from .crop import Box, paste_back, picture
 from .media import check_image_size, collect_images, read_image
 from .errors import PolypsegError
+from .exam import mask_figures
 from .files import atomic_write, atomic_write_text, check_writable, csv_text
 from .model import resolve_checkpoint
 from .progress import progress
@@ -310,17 +311,17 @@ def polyp_score(cfg: Config, prob: np.ndarray, head: float | None) -> float:
 STATS_FIELDS = ("polyp_score", "operating_point", "polyp_present", "area_fraction", "mean_confidence", "outlined")
 
 
-def frame_stats(prediction: Prediction, mask: np.ndarray, operating_point: float) -> dict[str, Any]:
-    """The frame's polyp score, the operating point and the verdict, the fraction of the frame the raw
-    ``mask`` covers and the mean probability inside it (empty without a mask), and whether its outline is
-    drawn (single images: when the verdict is polyp; ``polypseg.exam``)."""
-    area = int(mask.sum())
+def frame_stats(prediction: Prediction, threshold: float, operating_point: float) -> dict[str, Any]:
+    """The frame's polyp score, the operating point and the verdict, the fraction of the frame the raw mask
+    at ``threshold`` covers and the mean probability inside it (empty without a mask), and whether its
+    outline is drawn (single images: when the verdict is polyp; ``polypseg.exam``)."""
+    _, area, confidence = mask_figures(prediction.prob, threshold)
     return {
         "polyp_score": round(float(prediction.score), 6),
         "operating_point": round(float(operating_point), 6),
         "polyp_present": int(prediction.polyp_present),
-        "area_fraction": round(area / mask.size, 6),
-        "mean_confidence": round(float(prediction.prob[mask].mean()), 6) if area else "",
+        "area_fraction": round(area, 6),
+        "mean_confidence": "" if confidence is None else round(confidence, 6),
         "outlined": int(bool(prediction.polyp_present) and area > 0),
     }
 
@@ -407,7 +408,7 @@ def predict_paths(
         elif prob_format == "npy":
             _write_npy(folders["prob"] / (path.stem + ".npy"), prob.astype(np.float32))
         rows.append({"image": str(path), "height": image.shape[0], "width": image.shape[1],
-                     **frame_stats(prediction, raw, predictor.operating_point)})
+                     **frame_stats(prediction, t, predictor.operating_point)})
         written.append(folders["mask"] / name)
     if rows:
         fields = ("image", "height", "width", *STATS_FIELDS, "skipped")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TextIO, TypeVar
 
 from tqdm import tqdm
@@ -88,3 +89,15 @@ def text_table(rows: Sequence[Sequence[str]], rule: bool = True) -> list[str]:
     if rule:
         lines.insert(1, "  ".join("-" * w for w in widths))
     return lines
+
+
+def show_table(rows: Sequence[Sequence[str]], output: str | Path | None = None, head: str = "") -> str:
+    """``rows`` as ``text_table`` lines (under ``head`` when given), printed, and written to ``output`` when
+    given (atomically): what the benchmarks print and keep. Returns the text."""
+    from .files import atomic_write_text
+
+    text = (head + "\n\n" if head else "") + "\n".join(text_table(rows))
+    print(text)
+    if output is not None:
+        atomic_write_text(output, text + "\n")
+    return text

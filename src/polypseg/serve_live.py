@@ -70,15 +70,12 @@ def live_step(log, t_ms: float, prob: np.ndarray, info: dict) -> dict:
     and ``outlined``; the frame keeps its ``polygons`` only while an alert is on and its own verdict is polyp
     (``exam.outline_style``): a blip the rule holds back is not drawn."""
     from .exam import frame_result
-    from .predict import mask_polygons
 
-    result, mask = frame_result(len(log.rows), t_ms, prob, info["polyp_score"], log.rule.operating_point,
-                                info["threshold"])
+    result, _ = frame_result(len(log.rows), t_ms, prob, info["polyp_score"], log.rule.operating_point,
+                             info["threshold"])
     step = log.add(result)
-    shown = step.style == "shown"
-    if shown and not info["polygons"]:  # the rule's point is not the frame's (a flag beside a site): its outline
-        info["polygons"] = mask_polygons(mask)
-    elif not shown:
+    shown = step.style == "shown"  # implies the frame's verdict, whose outlines `describe` gave: keep them
+    if not shown:
         info["polygons"] = []
     return {"t_ms": step.row["time_ms"], "smoothed_score": round(step.state.smoothed, 4), "alert": step.state.alert,
             "alert_started": step.state.started, "alert_ended": step.state.ended, "outlined": shown}

@@ -84,16 +84,8 @@ def site_public(state: State, profile: sites.SiteProfile) -> dict:
 
 
 def _check_target(false_alerts_per_minute: float | None, flagged_share: float | None, onset_ms: float | None) -> dict:
-    if (false_alerts_per_minute is None) == (flagged_share is None):
-        raise PolypsegError("give one target for the site: false_alerts_per_minute or flagged_share")
-    if flagged_share is not None and not 0.0 <= flagged_share < 1.0:
-        raise PolypsegError(f"flagged_share is a share of polyp-free frames in [0, 1), got {flagged_share}")
-    if false_alerts_per_minute is not None and not (math.isfinite(false_alerts_per_minute) and false_alerts_per_minute >= 0):
-        raise PolypsegError(f"false_alerts_per_minute must be 0 or more, got {false_alerts_per_minute}")
     _check_onset(onset_ms)
-    if false_alerts_per_minute is not None:
-        return {"false_alerts_per_minute": float(false_alerts_per_minute)}
-    return {"flagged_share": float(flagged_share)}
+    return sites.check_target(false_alerts_per_minute, flagged_share)
 
 
 def _check_onset(onset_ms: float | None) -> None:

@@ -76,6 +76,22 @@ class SiteProfile:
     def to_dict(self) -> dict[str, Any]:
         return {"format": SITE_FORMAT, **asdict(self)}
 
+    def summary_text(self) -> str:
+        """The profile in a few lines: the setting, its target and what it costs."""
+        m = self.measured
+        fa, sens = m.get("false_alerts_per_minute"), m.get("validation_sensitivity")
+        target = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in self.target.items())
+        return "\n".join([
+            f"site '{self.name}': operating point {self.operating_point:.4g} (verdict '{self.verdict}'), alert onset "
+            f"{self.onset_ms:g} ms, release {self.release_ms:g} ms (target: {target})",
+            f"on the site's {m['frames']} polyp-free frames ({m['minutes']:.2f} min): {100 * m['flagged_share']:.1f}% "
+            "flagged, " + (f"{fa:.2f} false alerts per minute ({m['false_alerts']})" if fa is not None
+                           else "false alerts per minute unknown (no timestamps)"),
+            f"sensitivity on the model's {m['validation_polyp_frames']} validation polyp frames: {100 * sens:.1f}%"
+            if sens is not None else "sensitivity: unknown (the model has no validation side here: check it on polyp "
+            "frames with polypseg evaluate)",
+        ])
+
 
 def rule_for(profile: SiteProfile | None, model_point: float, **given: float | None) -> AlertRule:
     """The alert rule to apply: what is ``given`` (operating_point, smoothing_ms, onset_ms, release_ms; None:
@@ -85,6 +101,21 @@ def rule_for(profile: SiteProfile | None, model_point: float, **given: float | N
     if unknown:
         raise PolypsegError(f"Unknown alert rule settings {sorted(unknown)}.")
     return replace(base, **{k: float(v) for k, v in given.items() if v is not None})
+
+
+def check_target(false_alerts_per_minute: float | None, flagged_share: float | None) -> dict[str, float]:
+    """The one target a site states, checked: ``{"false_alerts_per_minute": F}`` or ``{"flagged_share": S}``."""
+    if (false_alerts_per_minute is None) == (flagged_share is None):
+        raise PolypsegError("Give one target for the site: false alerts per minute (--target-false-alerts-per-minute; "
+                            "false_alerts_per_minute in the API) or the share of polyp-free frames flagged "
+                            "(--target-flagged-share; flagged_share).")
+    if flagged_share is not None:
+        if not 0.0 <= flagged_share < 1.0:
+            raise PolypsegError(f"The target flagged share is a share of polyp-free frames in [0, 1), got {flagged_share}.")
+        return {"flagged_share": float(flagged_share)}
+    if not (math.isfinite(false_alerts_per_minute) and false_alerts_per_minute >= 0):
+        raise PolypsegError(f"The target false alerts per minute must be 0 or more, got {false_alerts_per_minute}.")
+    return {"false_alerts_per_minute": float(false_alerts_per_minute)}
 
 
 def check_name(name: str) -> str:
@@ -185,13 +216,7 @@ def choose(name: str, clips: Sequence[Clip], polyp_scores: np.ndarray | None, *,
     but ``MAX_ALERTED_SHARE`` of the time). ``polyp_scores``: the model's validation polyp frames' scores
     (None: not known; the lowest point that meets the target)."""
     check_name(name)
-    if (false_alerts_per_minute is None) == (flagged_share is None):
-        raise PolypsegError("Give one target for the site: --target-false-alerts-per-minute F or "
-                            "--target-flagged-share S.")
-    if flagged_share is not None and not 0.0 <= flagged_share < 1.0:
-        raise PolypsegError(f"--target-flagged-share is a share of polyp-free frames in [0, 1), got {flagged_share}.")
-    if false_alerts_per_minute is not None and not false_alerts_per_minute >= 0:
-        raise PolypsegError(f"--target-false-alerts-per-minute must be 0 or more, got {false_alerts_per_minute}.")
+    target = check_target(false_alerts_per_minute, flagged_share)
     minutes = sum(c.minutes for c in clips)
     if false_alerts_per_minute is not None and minutes <= 0:
         raise PolypsegError("False alerts per minute need frames with timestamps (a video, or a folder of at least "
@@ -202,11 +227,13 @@ def choose(name: str, clips: Sequence[Clip], polyp_scores: np.ndarray | None, *,
         k = int(math.floor(len(scores) * flagged_share + 1e-9))  # at most k frames at or above the point
         ordered = np.sort(scores)
         point = float(np.nextafter(ordered[len(ordered) - k - 1], math.inf)) if k < len(ordered) else float(ordered[0])
-        target = {"flagged_share": float(flagged_share)}
+        curves = {}
     else:
         best = None
-        for onset in ONSETS_MS if onset_ms is None else (float(onset_ms),):
-            for row in curve(clips, polyp_scores, onset, release_ms, smoothing_ms):
+        curves = {onset: curve(clips, polyp_scores, onset, release_ms, smoothing_ms)
+                  for onset in (ONSETS_MS if onset_ms is None else (float(onset_ms),))}
+        for onset, rows in curves.items():
+            for row in rows:
                 if (row["false_alerts_per_minute"] is None or row["false_alerts_per_minute"] > false_alerts_per_minute
                         or row["alerted_share"] > MAX_ALERTED_SHARE):
                     continue
@@ -217,8 +244,7 @@ def choose(name: str, clips: Sequence[Clip], polyp_scores: np.ndarray | None, *,
         if best is None:
             raise PolypsegError(f"No setting reaches {false_alerts_per_minute} false alerts per minute on these frames.")
         _, point, onset = best
-        target = {"false_alerts_per_minute": float(false_alerts_per_minute)}
-    rows = curve(clips, polyp_scores, onset, release_ms, smoothing_ms)
+    rows = curves.get(onset) or curve(clips, polyp_scores, onset, release_ms, smoothing_ms)
     alerts, _, alerted = _false_alerts(clips, AlertRule(point, smoothing_ms, onset, release_ms))
     measured = {"frames": int(len(scores)), "minutes": round(minutes, 4),
                 "flagged_share": float((scores >= point).mean()),

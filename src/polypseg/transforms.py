@@ -139,11 +139,25 @@ def preview_size(n: int, cfg: Config) -> tuple[int, int]:
     return cols * PREVIEW_TILE_PX, rows * tile_h + _PREVIEW_HEADER_PX
 
 
+def _with_views(pairs: Sequence, cfg: Config, n: int, seed: int) -> list:
+    """``n`` pairs for the preview, a quarter of them polyp-free views cut out of polyp frames (seeded)."""
+    import random
+
+    from .data import polyp_free_views
+
+    rng = random.Random(seed)
+    polyp = [p for p in pairs if p.polyp is not False]
+    views = polyp_free_views(rng.sample(polyp, min(len(polyp), n)), cfg.width / cfg.height, cfg.seed)
+    shown = views[: max(1, n // 4)]
+    return rng.sample(list(pairs), min(len(pairs), n - len(shown))) + shown
+
+
 def preview(pairs: Sequence, cfg: Config, out_path: str | Path, n: int = 16, seed: int = 0) -> Path:
     """A PNG grid of ``n`` samples as ``train_transform(cfg)`` augments them, each mask drawn over its image.
 
     ``pairs`` are ``polypseg.data.Pair``s; they are drawn at random (seeded), with repeats only when there
-    are fewer than ``n``. The file is written atomically.
+    are fewer than ``n``; with ``cfg.polyp_free_views`` a quarter of the grid is polyp-free views, as
+    training sees them. The file is written atomically.
     """
     from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
 
@@ -158,6 +172,8 @@ def preview(pairs: Sequence, cfg: Config, out_path: str | Path, n: int = 16, see
     out = Path(out_path)
     if out.suffix.lower() != ".png":
         raise PolypsegError(f"The preview is a PNG image; give an output path ending in .png, not '{out}'.")
+    if cfg.polyp_free_views:
+        pairs = _with_views(pairs, cfg, n, seed)
     transform = train_transform(cfg)
     transform.set_random_seed(seed)
     chosen = np.random.default_rng(seed).choice(len(pairs), size=n, replace=n > len(pairs))
